@@ -1,0 +1,252 @@
+//! Configuration in layers: `config/default.toml` → `config/<profile>.toml` → `HERALD__SECTION__KEY` environment
+//! variables, deserialized into typed structs (`deny_unknown_fields`) and checked by [`Settings::validate`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::ProviderKind;
+
+/// A secret (auth token, password). Never printed: `Debug` and `Display` show `***`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Everything Herald reads at start.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub profile: String,
+    pub server: ServerSettings,
+    pub store: StoreSettings,
+    pub engine: EngineSettings,
+    pub providers: ProvidersSettings,
+    pub sandbox: crate::sandbox::SandboxSettings,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// Base URL providers call back (webhooks). Empty: `http://<listen>`.
+    #[serde(default)]
+    pub public_url: String,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `embedded` (the only backend so far).
+    pub backend: String,
+    pub data_dir: PathBuf,
+    /// Most writes in one group commit.
+    pub commit_batch_max: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    /// Shard actors; users are spread over them by a hash of their id.
+    pub shards: usize,
+    /// Requests a shard may have waiting before new ones are refused with 429.
+    pub shard_pending_max: usize,
+    /// Deliveries a dispatcher may hold (all lanes) before new notifications are refused with 429.
+    pub queue_capacity: usize,
+    /// Retries after the first attempt before a delivery is dead-lettered.
+    pub max_retries: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Idempotency keys are remembered this long.
+    pub idempotency_ttl_s: u64,
+    /// Identical requests without a key within this window are duplicates.
+    pub dedupe_window_s: u64,
+    /// Seconds a client is told to wait on 429.
+    pub retry_after_s: u64,
+}
+
+/// Rate and concurrency limits of one provider's dispatcher.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchLimits {
+    pub rate_per_second: u32,
+    pub burst: u32,
+    /// Sends to the provider in flight at once; also the bound on duplicates after a crash.
+    pub max_in_flight: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersSettings {
+    /// Request timeout for provider HTTP calls.
+    pub timeout_ms: u64,
+    pub limits: BTreeMap<ProviderKind, DispatchLimits>,
+    pub fcm: crate::providers::fcm::FcmSettings,
+    pub apns: crate::providers::apns::ApnsSettings,
+    pub smtp: crate::providers::smtp::SmtpSettings,
+    pub twilio: crate::providers::twilio::TwilioSettings,
+    pub bizppurio: crate::providers::bizppurio::BizppurioSettings,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(String),
+    #[error("configuration: {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+impl Settings {
+    /// Loads `dir/default.toml`, then `dir/<profile>.toml` if it exists, then `HERALD__…` variables from `env`.
+    pub fn load(dir: &Path, profile: &str, env: Env) -> Result<Settings, ConfigError> {
+        let mut figment =
+            Figment::from(Serialized::default("profile", profile)).merge(Toml::file(dir.join("default.toml")));
+        let profile_file = dir.join(format!("{profile}.toml"));
+        if profile != "default" {
+            if !profile_file.exists() {
+                return Err(ConfigError::Load(format!("profile file {} not found", profile_file.display())));
+            }
+            figment = figment.merge(Toml::file(profile_file));
+        }
+        let settings: Settings = figment
+            .merge(Serialized::default("profile", profile))
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The process environment's `HERALD__SECTION__KEY` variables.
+    pub fn env() -> Env {
+        Env::prefixed("HERALD__").split("__").lowercase(true)
+    }
+
+    /// Checks values serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| Err(ConfigError::Invalid { field, message: message.to_string() });
+        if self.store.backend != "embedded" {
+            return invalid("store.backend", "only `embedded` is available");
+        }
+        if self.store.commit_batch_max == 0 {
+            return invalid("store.commit_batch_max", "must be at least 1");
+        }
+        if self.engine.shards == 0 || self.engine.shards > 4096 {
+            return invalid("engine.shards", "must be between 1 and 4096");
+        }
+        if self.engine.queue_capacity == 0 || self.engine.shard_pending_max == 0 {
+            return invalid("engine.queue_capacity", "queue sizes must be at least 1");
+        }
+        if self.engine.retry_base_ms == 0 || self.engine.retry_max_ms < self.engine.retry_base_ms {
+            return invalid("engine.retry_base_ms", "must be > 0 and <= engine.retry_max_ms");
+        }
+        if self.server.max_body_bytes < 1024 {
+            return invalid("server.max_body_bytes", "must be at least 1024");
+        }
+        for kind in ProviderKind::ALL {
+            let Some(limits) = self.providers.limits.get(&kind) else {
+                return Err(ConfigError::Invalid {
+                    field: "providers.limits",
+                    message: format!("missing limits for provider `{}`", kind.as_str()),
+                });
+            };
+            if limits.rate_per_second == 0 || limits.burst == 0 || limits.max_in_flight == 0 {
+                return Err(ConfigError::Invalid {
+                    field: "providers.limits",
+                    message: format!(
+                        "`{}`: rate_per_second, burst and max_in_flight must be at least 1",
+                        kind.as_str()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Base URL for provider callbacks.
+    pub fn public_url(&self) -> String {
+        if self.server.public_url.is_empty() {
+            format!("http://{}", self.server.listen)
+        } else {
+            self.server.public_url.trim_end_matches('/').to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    #[test]
+    fn default_config_loads_and_validates() {
+        let s = Settings::load(&config_dir(), "default", Env::prefixed("HERALD_TEST_NONE__")).unwrap();
+        assert_eq!(s.profile, "default");
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
+        assert!(s.sandbox.enabled);
+    }
+
+    #[test]
+    fn environment_overrides_files() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALDX__ENGINE__SHARDS", "3");
+            let env = Env::prefixed("HERALDX__").split("__").lowercase(true);
+            let s = Settings::load(&config_dir(), "default", env).unwrap();
+            assert_eq!(s.engine.shards, 3);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALDY__ENGINE__SHARDS", "0");
+            let env = Env::prefixed("HERALDY__").split("__").lowercase(true);
+            let err = Settings::load(&config_dir(), "default", env).unwrap_err();
+            assert!(err.to_string().contains("engine.shards"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALDZ__ENGINE__SHARDZ", "3");
+            let env = Env::prefixed("HERALDZ__").split("__").lowercase(true);
+            let err = Settings::load(&config_dir(), "default", env).unwrap_err();
+            assert!(err.to_string().contains("shardz"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "***");
+    }
+}

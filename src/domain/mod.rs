@@ -1,0 +1,19 @@
+//! The domain: users, templates, notifications, deliveries and their statuses.
+//!
+//! Architecture invariant: nothing here does I/O or knows tokio, HTTP or the store. Everything is plain data
+//! and pure functions, so the engine, the API and the store can all share it and unit tests need no runtime.
+
+pub mod channel;
+pub mod contact;
+pub mod notification;
+pub mod template;
+pub mod user;
+
+pub use channel::{Category, Channel, Platform, Priority, ProviderKind, Strategy};
+pub use contact::{ContactError, normalize_email, normalize_phone};
+pub use notification::{
+    Address, Delivery, DeliveryId, DeliveryStatus, Event, EventKind, IdempotencyEntry, InboxItem, Notification,
+    NotificationId, NotificationStatus, Rendered, new_id,
+};
+pub use template::{RenderError, Template, TemplateBody};
+pub use user::{Device, Preferences, QuietHours, User};

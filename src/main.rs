@@ -1,0 +1,5 @@
+//! The `herald` binary: `serve` (default), `sandbox`, `keys`.
+
+fn main() {
+    println!("herald: skeleton");
+}

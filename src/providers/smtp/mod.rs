@@ -1,0 +1,4 @@
+//! E-mail over SMTP.
+
+mod settings;
+pub use settings::SmtpSettings;

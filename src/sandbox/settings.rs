@@ -1,0 +1,39 @@
+//! Sandbox settings: where it listens and how each provider misbehaves.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::ProviderKind;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// Start the sandbox inside `herald serve` and point the providers at it.
+    pub enabled: bool,
+    /// HTTP address (FCM, APNs, Twilio, Bizppurio and `/_sandbox/*`).
+    pub listen: SocketAddr,
+    pub smtp_listen: SocketAddr,
+    /// Where Bizppurio delivery reports are POSTed; empty: the engine's `/webhooks/alimtalk`.
+    #[serde(default)]
+    pub report_url: String,
+    /// Seed for latency and fault draws, so a run can be repeated.
+    pub seed: u64,
+    #[serde(default)]
+    pub faults: BTreeMap<ProviderKind, FaultSettings>,
+}
+
+/// How one simulated provider misbehaves. Rates are probabilities in [0, 1].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultSettings {
+    pub latency_min_ms: u64,
+    pub latency_max_ms: u64,
+    /// Share of requests answered with a retryable error (5xx / SMTP 451).
+    pub error_rate: f64,
+    /// Share of requests answered with a permanent error (invalid argument / SMTP 550).
+    pub permanent_error_rate: f64,
+    /// Delay before delivery reports are sent.
+    pub report_delay_ms: u64,
+}

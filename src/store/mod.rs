@@ -1,0 +1,120 @@
+//! Durable state behind one trait, [`Store`], with one backend per module.
+//!
+//! Architecture invariant: only `store/` knows the embedded database (and, later, Redis). The engine sees
+//! [`Write`]s it submits for group commit, and reads for start-up recovery and API queries.
+//!
+//! Durability contract (`docs/engine-semantics.md`): when a [`CommitCallback`] runs with `Ok(())`, every write
+//! submitted with it (and before it) survives a crash of the process. Callbacks run in submission order, so a
+//! caller that submits in order and acts inside the callback acts in order.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use thiserror::Error;
+
+use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Template, User};
+
+pub mod embedded;
+
+/// One change to durable state. The backend keeps its secondary indexes (open deliveries, DLQ, inbox order)
+/// consistent with these; callers never write index entries themselves.
+#[derive(Clone, Debug)]
+pub enum Write {
+    PutUser(Arc<User>),
+    PutTemplate(Arc<Template>),
+    /// Insert or replace a notification. While its status is not final it is "open" and is returned by
+    /// [`Store::open_notifications`].
+    PutNotification(Arc<Notification>),
+    /// Insert or replace a delivery. A delivery whose status is `dead` is in the DLQ.
+    PutDelivery(Arc<Delivery>),
+    PutIdempotency {
+        key: String,
+        entry: IdempotencyEntry,
+    },
+    PutInboxItem(Arc<InboxItem>),
+    /// Mark these inbox items read (ignoring unknown or already-read ones).
+    MarkInboxRead {
+        user_id: String,
+        ids: Vec<String>,
+        at: Timestamp,
+    },
+    MarkAllInboxRead {
+        user_id: String,
+        at: Timestamp,
+    },
+}
+
+/// Runs once the writes it was submitted with are committed (or have failed). Runs on the store's own thread,
+/// in submission order: it must be quick and must not block (send on a channel, tell an actor).
+pub type CommitCallback = Box<dyn FnOnce(Result<(), StoreError>) + Send + 'static>;
+
+/// Store failures. `Unavailable` becomes a 503 at the API.
+#[derive(Debug, Clone, Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A page of results and the cursor for the next one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Everything needed to resume a notification after a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredNotification {
+    pub notification: Notification,
+    /// Ordered by id (UUIDv7 ids are monotonic within a process, so this is creation order).
+    pub deliveries: Vec<Delivery>,
+}
+
+/// The durable state of Herald. See the module docs for the durability contract.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Queues writes for the next group commit; `done` runs after the commit, in submission order.
+    fn submit(&self, writes: Vec<Write>, done: CommitCallback);
+
+    /// Commits and waits. Convenience over [`Store::submit`].
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(writes, Box::new(move |result| drop(tx.send(result))));
+        rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("store writer stopped".into())))
+    }
+
+    /// All users.
+    async fn users(&self) -> Result<Vec<User>, StoreError>;
+    /// All templates.
+    async fn templates(&self) -> Result<Vec<Template>, StoreError>;
+    /// Notifications whose status is not final, with all their deliveries, in acceptance (`seq`) order.
+    async fn open_notifications(&self) -> Result<Vec<StoredNotification>, StoreError>;
+    /// One notification with its deliveries.
+    async fn notification(&self, id: &str) -> Result<Option<StoredNotification>, StoreError>;
+    /// One delivery.
+    async fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError>;
+    /// Idempotency entries that expire after `now`.
+    async fn idempotency_entries(&self, now: Timestamp) -> Result<Vec<(String, IdempotencyEntry)>, StoreError>;
+    /// Dead deliveries, oldest first, optionally of one channel. The cursor is opaque.
+    async fn dlq(
+        &self,
+        channel: Option<Channel>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Delivery>, StoreError>;
+    /// A user's inbox, newest first; returns the page and the user's unread count.
+    async fn inbox(
+        &self,
+        user_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        unread_only: bool,
+    ) -> Result<(Page<InboxItem>, u64), StoreError>;
+    /// The highest notification `seq` stored (0 when empty), so sequence numbers continue after a restart.
+    async fn max_seq(&self) -> Result<u64, StoreError>;
+    /// Ok when the store can serve reads and writes.
+    async fn health(&self) -> Result<(), StoreError>;
+}
