@@ -17,6 +17,8 @@ use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification
 
 pub mod embedded;
 
+pub use embedded::EmbeddedStore;
+
 /// One change to durable state. The backend keeps its secondary indexes (open deliveries, DLQ, inbox order)
 /// consistent with these; callers never write index entries themselves.
 #[derive(Clone, Debug)]

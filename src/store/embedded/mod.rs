@@ -1,1 +1,171 @@
 //! The embedded backend (redb): one file under the data directory, group-committed by one writer thread.
+//!
+//! `submit` encodes on the caller's thread and queues the result for the writer ([`writer`]), which commits
+//! batches durably (fsync) and then runs their callbacks in submission order. Reads run on read transactions
+//! (snapshots) in `spawn_blocking` ([`read`]). The table layout is in [`tables`]; see `docs/store.md` for the
+//! reasoning and the crash guarantee.
+
+mod encode;
+mod read;
+mod tables;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Sender};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use redb::{Database, ReadTransaction, ReadableDatabase};
+
+use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Template, User};
+use crate::store::{CommitCallback, Page, Store, StoreError, StoredNotification, Write};
+use tables::db_error;
+use writer::{Submission, WriterStats};
+
+/// Name of the database file inside the data directory.
+pub const FILE_NAME: &str = "herald.redb";
+
+/// The embedded [`Store`]: a redb file and the one thread that writes it.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    queue: Option<Sender<Submission>>,
+    writer: Option<JoinHandle<()>>,
+    stats: Arc<WriterStats>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `dir/herald.redb`, creating `dir` if needed, and starts the writer thread. After a
+    /// crash redb recovers the last committed state here. `commit_batch_max` bounds the writes of one commit.
+    pub fn open(dir: &Path, commit_batch_max: usize) -> Result<Arc<EmbeddedStore>, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(FILE_NAME);
+        let db = Arc::new(Database::create(&path).map_err(db_error)?);
+        writer::create_tables(&db)?;
+        let (queue, receiver) = mpsc::channel();
+        let stats = Arc::new(WriterStats::default());
+        let writer = std::thread::Builder::new()
+            .name("herald-store-writer".into())
+            .spawn({
+                let (db, stats) = (db.clone(), stats.clone());
+                move || writer::run(db, receiver, commit_batch_max.max(1), stats)
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
+        tracing::info!(path = %path.display(), commit_batch_max, "embedded store open");
+        Ok(Arc::new(EmbeddedStore { db, queue: Some(queue), writer: Some(writer), stats }))
+    }
+
+    /// Write transactions committed so far (each one is a group commit of one or more submissions).
+    pub fn commits(&self) -> u64 {
+        self.stats.commits.load(Ordering::Relaxed)
+    }
+
+    /// Runs `query` on a fresh read transaction off the async runtime.
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || query(&db.begin_read().map_err(db_error)?))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store read task failed: {e}")))?
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and exit; joining it means the file is
+        // closed when the drop returns, so it can be reopened at once.
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take() {
+            // A callback may hold the last handle, in which case this runs on the writer itself.
+            if writer.thread().id() != std::thread::current().id() && writer.join().is_err() {
+                tracing::error!("store writer panicked");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn submit(&self, writes: Vec<Write>, done: CommitCallback) {
+        let submission = Submission { ops: encode::encode(writes), done };
+        let Some(queue) = &self.queue else { unreachable!("the queue is only closed on drop") };
+        if let Err(mpsc::SendError(submission)) = queue.send(submission) {
+            (submission.done)(Err(StoreError::Unavailable("store writer stopped".into())));
+        }
+    }
+
+    async fn users(&self) -> Result<Vec<User>, StoreError> {
+        self.read(read::users).await
+    }
+
+    async fn templates(&self) -> Result<Vec<Template>, StoreError> {
+        self.read(read::templates).await
+    }
+
+    async fn open_notifications(&self) -> Result<Vec<StoredNotification>, StoreError> {
+        self.read(read::open_notifications).await
+    }
+
+    async fn notification(&self, id: &str) -> Result<Option<StoredNotification>, StoreError> {
+        let id = id.to_string();
+        self.read(move |txn| read::notification(txn, &id)).await
+    }
+
+    async fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        let id = id.to_string();
+        self.read(move |txn| read::delivery(txn, &id)).await
+    }
+
+    async fn idempotency_entries(&self, now: Timestamp) -> Result<Vec<(String, IdempotencyEntry)>, StoreError> {
+        self.read(move |txn| read::idempotency_entries(txn, now)).await
+    }
+
+    /// A `limit` of 0 is read as 1. The cursor is the last delivery id of the previous page.
+    async fn dlq(
+        &self,
+        channel: Option<Channel>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Delivery>, StoreError> {
+        let cursor = cursor.map(str::to_string);
+        self.read(move |txn| read::dlq(txn, channel, cursor.as_deref(), limit)).await
+    }
+
+    /// A `limit` of 0 is read as 1. The cursor is the last item id of the previous page.
+    async fn inbox(
+        &self,
+        user_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        unread_only: bool,
+    ) -> Result<(Page<InboxItem>, u64), StoreError> {
+        let (user_id, cursor) = (user_id.to_string(), cursor.map(str::to_string));
+        self.read(move |txn| read::inbox(txn, &user_id, cursor.as_deref(), limit, unread_only)).await
+    }
+
+    async fn max_seq(&self) -> Result<u64, StoreError> {
+        self.read(read::max_seq).await
+    }
+
+    /// Reads a snapshot; if the writer is gone that is fatal, and if the last batch failed an empty commit
+    /// checks whether writes work again (so readiness recovers without waiting for traffic).
+    async fn health(&self) -> Result<(), StoreError> {
+        if self.writer.as_ref().is_none_or(JoinHandle::is_finished) {
+            return Err(StoreError::Unavailable("store writer stopped".into()));
+        }
+        self.read(read::max_seq).await?;
+        if self.stats.last_batch_failed.load(Ordering::Relaxed) {
+            self.commit(Vec::new()).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! Turns [`Write`]s into [`Op`]s on the submitting thread: records become JSON bytes and every fact the writer
+//! needs for index maintenance (seq, open or final, dead or not, expiry, unread) is pulled out beforehand, so
+//! the single writer thread only does B-tree work.
+
+use jiff::Timestamp;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::tables::idempotency_value;
+use crate::domain::DeliveryStatus;
+use crate::store::{StoreError, Write};
+
+/// One encoded write, ready for the writer thread.
+#[derive(Debug, PartialEq)]
+pub enum Op {
+    User {
+        id: String,
+        json: Vec<u8>,
+    },
+    Template {
+        id: String,
+        json: Vec<u8>,
+    },
+    Notification {
+        id: String,
+        seq: u64,
+        open: bool,
+        json: Vec<u8>,
+    },
+    Delivery {
+        id: String,
+        notification_id: String,
+        channel: &'static str,
+        dead: bool,
+        json: Vec<u8>,
+    },
+    /// `value` is already prefixed with the expiry (see `tables::IDEMPOTENCY`).
+    Idempotency {
+        key: String,
+        expiry_ms: i64,
+        value: Vec<u8>,
+    },
+    InboxItem {
+        user_id: String,
+        id: String,
+        unread: bool,
+        json: Vec<u8>,
+    },
+    MarkRead {
+        user_id: String,
+        ids: Vec<String>,
+        at: Timestamp,
+    },
+    MarkAllRead {
+        user_id: String,
+        at: Timestamp,
+    },
+}
+
+/// Encodes a submission. Fails only if a record cannot be serialized, which the domain types never cause.
+pub fn encode(writes: Vec<Write>) -> Result<Vec<Op>, StoreError> {
+    writes.into_iter().map(encode_one).collect()
+}
+
+fn encode_one(write: Write) -> Result<Op, StoreError> {
+    Ok(match write {
+        Write::PutUser(user) => Op::User { json: to_json(&*user)?, id: user.id.clone() },
+        Write::PutTemplate(template) => Op::Template { json: to_json(&*template)?, id: template.id.clone() },
+        Write::PutNotification(n) => {
+            Op::Notification { json: to_json(&*n)?, id: n.id.clone(), seq: n.seq, open: !n.status.is_final() }
+        }
+        Write::PutDelivery(d) => Op::Delivery {
+            json: to_json(&*d)?,
+            id: d.id.clone(),
+            notification_id: d.notification_id.clone(),
+            channel: d.channel.as_str(),
+            dead: d.status == DeliveryStatus::Dead,
+        },
+        Write::PutIdempotency { key, entry } => {
+            let expiry_ms = entry.expires_at.as_millisecond();
+            Op::Idempotency { value: idempotency_value(expiry_ms, &to_json(&entry)?), key, expiry_ms }
+        }
+        Write::PutInboxItem(item) => Op::InboxItem {
+            json: to_json(&*item)?,
+            user_id: item.user_id.clone(),
+            id: item.id.clone(),
+            unread: item.read_at.is_none(),
+        },
+        Write::MarkInboxRead { user_id, ids, at } => Op::MarkRead { user_id, ids, at },
+        Write::MarkAllInboxRead { user_id, at } => Op::MarkAllRead { user_id, at },
+    })
+}
+
+/// Serializes a record.
+pub fn to_json<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(format!("cannot encode record: {e}")))
+}
+
+/// Deserializes a stored record; a record that does not parse is corrupt.
+pub fn from_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}

@@ -1,0 +1,178 @@
+//! Queries over one redb read transaction (a consistent snapshot). They block, so the store runs them in
+//! `spawn_blocking`. Pages fetch one item more than asked to know whether a next page exists; the cursor is the
+//! last id returned.
+
+use std::ops::Bound;
+
+use jiff::Timestamp;
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
+
+use super::encode::from_json;
+use super::tables::*;
+use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Template, User};
+use crate::store::{Page, StoreError, StoredNotification};
+
+type Records = ReadOnlyTable<&'static str, &'static [u8]>;
+
+pub fn users(txn: &ReadTransaction) -> Result<Vec<User>, StoreError> {
+    all_records(&txn.open_table(USERS).map_err(db_error)?, "user")
+}
+
+pub fn templates(txn: &ReadTransaction) -> Result<Vec<Template>, StoreError> {
+    all_records(&txn.open_table(TEMPLATES).map_err(db_error)?, "template")
+}
+
+pub fn open_notifications(txn: &ReadTransaction) -> Result<Vec<StoredNotification>, StoreError> {
+    let open = txn.open_table(OPEN_BY_SEQ).map_err(db_error)?;
+    let mut result = Vec::new();
+    for entry in open.iter().map_err(db_error)? {
+        let (seq, id) = entry.map_err(db_error)?;
+        let stored = notification(txn, id.value())?.ok_or_else(|| {
+            StoreError::Corrupt(format!("open index names missing notification {} (seq {})", id.value(), seq.value()))
+        })?;
+        result.push(stored);
+    }
+    Ok(result)
+}
+
+pub fn notification(txn: &ReadTransaction, id: &str) -> Result<Option<StoredNotification>, StoreError> {
+    let notifications = txn.open_table(NOTIFICATIONS).map_err(db_error)?;
+    let Some(notification) = record::<Notification>(&notifications, id, "notification")? else {
+        return Ok(None);
+    };
+    let by_notification = txn.open_multimap_table(DELIVERIES_BY_NOTIFICATION).map_err(db_error)?;
+    let deliveries = txn.open_table(DELIVERIES).map_err(db_error)?;
+    let mut result = Vec::new();
+    for delivery_id in by_notification.get(id).map_err(db_error)? {
+        let delivery_id = delivery_id.map_err(db_error)?;
+        let delivery = record(&deliveries, delivery_id.value(), "delivery")?
+            .ok_or_else(|| StoreError::Corrupt(format!("missing delivery {} of {id}", delivery_id.value())))?;
+        result.push(delivery);
+    }
+    Ok(Some(StoredNotification { notification, deliveries: result }))
+}
+
+pub fn delivery(txn: &ReadTransaction, id: &str) -> Result<Option<Delivery>, StoreError> {
+    record(&txn.open_table(DELIVERIES).map_err(db_error)?, id, "delivery")
+}
+
+pub fn idempotency_entries(
+    txn: &ReadTransaction,
+    now: Timestamp,
+) -> Result<Vec<(String, IdempotencyEntry)>, StoreError> {
+    let expiry = txn.open_table(IDEMPOTENCY_EXPIRY).map_err(db_error)?;
+    let entries = txn.open_table(IDEMPOTENCY).map_err(db_error)?;
+    let mut result = Vec::new();
+    // The index is in milliseconds; the exact comparison below drops entries expiring within `now`'s ms.
+    for key in expiry.range::<(i64, &str)>((now.as_millisecond(), "")..).map_err(db_error)? {
+        let (key, _) = key.map_err(db_error)?;
+        let key = key.value().1;
+        let value =
+            entries.get(key).map_err(db_error)?.ok_or_else(|| StoreError::Corrupt(format!("missing key {key}")))?;
+        let (_, json) = split_idempotency_value(value.value())?;
+        let entry: IdempotencyEntry = from_json("idempotency entry", json)?;
+        if entry.expires_at > now {
+            result.push((key.to_string(), entry));
+        }
+    }
+    Ok(result)
+}
+
+pub fn dlq(
+    txn: &ReadTransaction,
+    channel: Option<Channel>,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<Page<Delivery>, StoreError> {
+    let limit = limit.max(1);
+    let mut ids = Vec::with_capacity(limit + 1);
+    match channel {
+        None => {
+            let dlq = txn.open_table(DLQ).map_err(db_error)?;
+            let start = cursor.map_or(Bound::Unbounded, Bound::Excluded);
+            for entry in dlq.range::<&str>((start, Bound::Unbounded)).map_err(db_error)?.take(limit + 1) {
+                ids.push(entry.map_err(db_error)?.0.value().to_string());
+            }
+        }
+        Some(channel) => {
+            let by_channel = txn.open_table(DLQ_BY_CHANNEL).map_err(db_error)?;
+            let channel = channel.as_str();
+            let start = cursor.map_or(Bound::Included((channel, "")), |c| Bound::Excluded((channel, c)));
+            let next = successor(channel);
+            let end = Bound::Excluded((next.as_str(), ""));
+            for entry in by_channel.range::<(&str, &str)>((start, end)).map_err(db_error)?.take(limit + 1) {
+                ids.push(entry.map_err(db_error)?.0.value().1.to_string());
+            }
+        }
+    }
+    let deliveries = txn.open_table(DELIVERIES).map_err(db_error)?;
+    let (items, next_cursor) = page(ids, limit, |id| {
+        record(&deliveries, id, "delivery")?.ok_or_else(|| StoreError::Corrupt(format!("dlq names missing {id}")))
+    })?;
+    Ok(Page { items, next_cursor })
+}
+
+pub fn inbox(
+    txn: &ReadTransaction,
+    user_id: &str,
+    cursor: Option<&str>,
+    limit: usize,
+    unread_only: bool,
+) -> Result<(Page<InboxItem>, u64), StoreError> {
+    let limit = limit.max(1);
+    let next_user = successor(user_id);
+    let bounds = (
+        Bound::Included((user_id, "")),
+        cursor.map_or(Bound::Excluded((next_user.as_str(), "")), |c| Bound::Excluded((user_id, c))),
+    );
+    let inbox = txn.open_table(INBOX).map_err(db_error)?;
+    let mut ids = Vec::with_capacity(limit + 1);
+    if unread_only {
+        let unread = txn.open_table(INBOX_UNREAD).map_err(db_error)?;
+        for entry in unread.range::<(&str, &str)>(bounds).map_err(db_error)?.rev().take(limit + 1) {
+            ids.push(entry.map_err(db_error)?.0.value().1.to_string());
+        }
+    } else {
+        for entry in inbox.range::<(&str, &str)>(bounds).map_err(db_error)?.rev().take(limit + 1) {
+            ids.push(entry.map_err(db_error)?.0.value().1.to_string());
+        }
+    }
+    let (items, next_cursor) = page(ids, limit, |id| {
+        let value = inbox
+            .get((user_id, id))
+            .map_err(db_error)?
+            .ok_or_else(|| StoreError::Corrupt(format!("unread index names missing inbox item {id}")))?;
+        from_json("inbox item", value.value())
+    })?;
+    let unread_count = txn.open_table(UNREAD_COUNT).map_err(db_error)?.get(user_id).map_err(db_error)?;
+    Ok((Page { items, next_cursor }, unread_count.map_or(0, |v| v.value())))
+}
+
+pub fn max_seq(txn: &ReadTransaction) -> Result<u64, StoreError> {
+    Ok(txn.open_table(META).map_err(db_error)?.get(MAX_SEQ).map_err(db_error)?.map_or(0, |v| v.value()))
+}
+
+/// Loads the first `limit` of `ids` (which holds up to `limit + 1`); the cursor is set only if one was left.
+fn page<T>(
+    mut ids: Vec<String>,
+    limit: usize,
+    load: impl FnMut(&str) -> Result<T, StoreError>,
+) -> Result<(Vec<T>, Option<String>), StoreError> {
+    let more = ids.len() > limit;
+    ids.truncate(limit);
+    let items = ids.iter().map(String::as_str).map(load).collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if more { ids.pop() } else { None };
+    Ok((items, next_cursor))
+}
+
+fn record<T: serde::de::DeserializeOwned>(table: &Records, id: &str, what: &str) -> Result<Option<T>, StoreError> {
+    table.get(id).map_err(db_error)?.map(|v| from_json(what, v.value())).transpose()
+}
+
+fn all_records<T: serde::de::DeserializeOwned>(table: &Records, what: &str) -> Result<Vec<T>, StoreError> {
+    let mut result = Vec::new();
+    for entry in table.iter().map_err(db_error)? {
+        result.push(from_json(what, entry.map_err(db_error)?.1.value())?);
+    }
+    Ok(result)
+}

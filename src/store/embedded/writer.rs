@@ -1,0 +1,300 @@
+//! The single writer thread: group commit.
+//!
+//! It blocks for the first submission, drains whatever else is queued (up to `commit_batch_max` writes),
+//! applies the whole batch in one redb write transaction with immediate durability (fsync), commits, and only
+//! then runs the callbacks, in submission order. A failure anywhere aborts the transaction, so nothing of the
+//! batch is applied, and every callback of the batch gets `Unavailable`. Index maintenance lives here too:
+//! callers never write index entries.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+
+use jiff::Timestamp;
+use redb::{Database, Durability, MultimapTable, ReadableTable, Table, WriteTransaction};
+
+use super::encode::{Op, from_json, to_json};
+use super::tables::*;
+use crate::domain::InboxItem;
+use crate::store::{CommitCallback, StoreError};
+
+/// Expired idempotency entries removed per commit at most, so purging never makes one commit slow.
+const PURGE_PER_COMMIT: usize = 64;
+
+/// One `submit` call: its encoded writes (or why they could not be encoded) and its callback.
+pub struct Submission {
+    pub ops: Result<Vec<Op>, StoreError>,
+    pub done: CommitCallback,
+}
+
+impl Submission {
+    fn len(&self) -> usize {
+        self.ops.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// State shared between the writer thread and the store handle.
+#[derive(Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Whether the last batch failed; `health` then probes with a write.
+    pub last_batch_failed: AtomicBool,
+}
+
+/// The writer thread's loop. Returns when every sender is gone and the queue is drained.
+pub fn run(db: Arc<Database>, queue: Receiver<Submission>, batch_max: usize, stats: Arc<WriterStats>) {
+    while let Ok(first) = queue.recv() {
+        let mut writes = first.len();
+        let mut batch = vec![first];
+        // A submission is never split, so a batch may exceed `batch_max` by the last one's size.
+        while writes < batch_max {
+            match queue.try_recv() {
+                Ok(next) => {
+                    writes += next.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = commit_batch(&db, &batch, Timestamp::now());
+        match &result {
+            Ok(()) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.last_batch_failed.store(false, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, submissions = batch.len(), writes, "store batch failed");
+                stats.last_batch_failed.store(true, Ordering::Relaxed);
+            }
+        }
+        for submission in batch {
+            let outcome = match (&submission.ops, &result) {
+                (Err(encode_error), _) => Err(encode_error.clone()),
+                (Ok(_), Ok(())) => Ok(()),
+                (Ok(_), Err(e)) => Err(StoreError::Unavailable(format!("commit failed: {e}"))),
+            };
+            let done = submission.done;
+            // A panicking callback must not take the writer (and every later commit) down with it.
+            if catch_unwind(AssertUnwindSafe(move || done(outcome))).is_err() {
+                tracing::error!("store commit callback panicked");
+            }
+        }
+    }
+}
+
+/// Applies a batch in one durable transaction. Dropping the transaction on error aborts all of it.
+pub fn commit_batch(db: &Database, batch: &[Submission], now: Timestamp) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(db_error)?;
+    txn.set_durability(Durability::Immediate).map_err(db_error)?;
+    {
+        let mut tables = WriteTables::open(&txn)?;
+        for ops in batch.iter().filter_map(|s| s.ops.as_ref().ok()) {
+            for op in ops {
+                tables.apply(op)?;
+            }
+        }
+        tables.purge_expired_idempotency(now, PURGE_PER_COMMIT)?;
+        tables.save_max_seq()?;
+    }
+    txn.commit().map_err(db_error)
+}
+
+/// Creates every table, so that readers of a fresh file find them.
+pub fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(db_error)?;
+    WriteTables::open(&txn)?;
+    txn.commit().map_err(db_error)
+}
+
+type Records<'txn> = Table<'txn, &'static str, &'static [u8]>;
+type PairSet<'txn> = Table<'txn, (&'static str, &'static str), ()>;
+
+/// Every table, opened once per transaction.
+struct WriteTables<'txn> {
+    users: Records<'txn>,
+    templates: Records<'txn>,
+    notifications: Records<'txn>,
+    open_by_seq: Table<'txn, u64, &'static str>,
+    deliveries: Records<'txn>,
+    deliveries_by_notification: MultimapTable<'txn, &'static str, &'static str>,
+    dlq: Table<'txn, &'static str, &'static str>,
+    dlq_by_channel: PairSet<'txn>,
+    idempotency: Records<'txn>,
+    idempotency_expiry: Table<'txn, (i64, &'static str), ()>,
+    inbox: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    inbox_unread: PairSet<'txn>,
+    unread_count: Table<'txn, &'static str, u64>,
+    meta: Table<'txn, &'static str, u64>,
+    max_seq: u64,
+    max_seq_stored: u64,
+}
+
+impl<'txn> WriteTables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        let meta = txn.open_table(META).map_err(db_error)?;
+        let max_seq = meta.get(MAX_SEQ).map_err(db_error)?.map_or(0, |v| v.value());
+        Ok(WriteTables {
+            users: txn.open_table(USERS).map_err(db_error)?,
+            templates: txn.open_table(TEMPLATES).map_err(db_error)?,
+            notifications: txn.open_table(NOTIFICATIONS).map_err(db_error)?,
+            open_by_seq: txn.open_table(OPEN_BY_SEQ).map_err(db_error)?,
+            deliveries: txn.open_table(DELIVERIES).map_err(db_error)?,
+            deliveries_by_notification: txn.open_multimap_table(DELIVERIES_BY_NOTIFICATION).map_err(db_error)?,
+            dlq: txn.open_table(DLQ).map_err(db_error)?,
+            dlq_by_channel: txn.open_table(DLQ_BY_CHANNEL).map_err(db_error)?,
+            idempotency: txn.open_table(IDEMPOTENCY).map_err(db_error)?,
+            idempotency_expiry: txn.open_table(IDEMPOTENCY_EXPIRY).map_err(db_error)?,
+            inbox: txn.open_table(INBOX).map_err(db_error)?,
+            inbox_unread: txn.open_table(INBOX_UNREAD).map_err(db_error)?,
+            unread_count: txn.open_table(UNREAD_COUNT).map_err(db_error)?,
+            meta,
+            max_seq,
+            max_seq_stored: max_seq,
+        })
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), StoreError> {
+        match op {
+            Op::User { id, json } => put(&mut self.users, id, json),
+            Op::Template { id, json } => put(&mut self.templates, id, json),
+            Op::Notification { id, seq, open, json } => self.put_notification(id, *seq, *open, json),
+            Op::Delivery { id, notification_id, channel, dead, json } => {
+                self.put_delivery(id, notification_id, channel, *dead, json)
+            }
+            Op::Idempotency { key, expiry_ms, value } => self.put_idempotency(key, *expiry_ms, value),
+            Op::InboxItem { user_id, id, unread, json } => self.put_inbox_item(user_id, id, *unread, json),
+            Op::MarkRead { user_id, ids, at } => ids.iter().try_for_each(|id| self.mark_read(user_id, id, *at)),
+            Op::MarkAllRead { user_id, at } => {
+                let next = successor(user_id);
+                let unread: Vec<String> = self
+                    .inbox_unread
+                    .range::<(&str, &str)>((user_id.as_str(), "")..(next.as_str(), ""))
+                    .map_err(db_error)?
+                    .map(|entry| entry.map(|(key, _)| key.value().1.to_string()))
+                    .collect::<Result<_, _>>()
+                    .map_err(db_error)?;
+                unread.iter().try_for_each(|id| self.mark_read(user_id, id, *at))
+            }
+        }
+    }
+
+    fn put_notification(&mut self, id: &str, seq: u64, open: bool, json: &[u8]) -> Result<(), StoreError> {
+        put(&mut self.notifications, id, json)?;
+        if open {
+            self.open_by_seq.insert(seq, id).map_err(db_error)?;
+        } else {
+            // Only this notification's own entry: a seq is assigned once and never reused.
+            let indexed = self.open_by_seq.get(seq).map_err(db_error)?.is_some_and(|v| v.value() == id);
+            if indexed {
+                self.open_by_seq.remove(seq).map_err(db_error)?;
+            }
+        }
+        self.max_seq = self.max_seq.max(seq);
+        Ok(())
+    }
+
+    fn put_delivery(
+        &mut self,
+        id: &str,
+        notification_id: &str,
+        channel: &str,
+        dead: bool,
+        json: &[u8],
+    ) -> Result<(), StoreError> {
+        put(&mut self.deliveries, id, json)?;
+        self.deliveries_by_notification.insert(notification_id, id).map_err(db_error)?;
+        let previous = if dead { self.dlq.insert(id, channel) } else { self.dlq.remove(id) }
+            .map_err(db_error)?
+            .map(|old| old.value().to_string());
+        if let Some(old_channel) = previous
+            && !(dead && old_channel == channel)
+        {
+            self.dlq_by_channel.remove((old_channel.as_str(), id)).map_err(db_error)?;
+        }
+        if dead {
+            self.dlq_by_channel.insert((channel, id), ()).map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    fn put_idempotency(&mut self, key: &str, expiry_ms: i64, value: &[u8]) -> Result<(), StoreError> {
+        let old = self.idempotency.insert(key, value).map_err(db_error)?.map(|old| old.value().to_vec());
+        if let Some(old) = old {
+            let (old_expiry, _) = split_idempotency_value(&old)?;
+            self.idempotency_expiry.remove((old_expiry, key)).map_err(db_error)?;
+        }
+        self.idempotency_expiry.insert((expiry_ms, key), ()).map_err(db_error)?;
+        Ok(())
+    }
+
+    fn put_inbox_item(&mut self, user_id: &str, id: &str, unread: bool, json: &[u8]) -> Result<(), StoreError> {
+        self.inbox.insert((user_id, id), json).map_err(db_error)?;
+        let was_unread =
+            if unread { self.inbox_unread.insert((user_id, id), ()) } else { self.inbox_unread.remove((user_id, id)) }
+                .map_err(db_error)?
+                .is_some();
+        match (was_unread, unread) {
+            (false, true) => self.add_unread(user_id, 1),
+            (true, false) => self.add_unread(user_id, -1),
+            _ => Ok(()),
+        }
+    }
+
+    /// Marks one item read; unknown and already-read items are left alone.
+    fn mark_read(&mut self, user_id: &str, id: &str, at: Timestamp) -> Result<(), StoreError> {
+        let was_unread = self.inbox_unread.remove((user_id, id)).map_err(db_error)?.is_some();
+        if !was_unread {
+            return Ok(());
+        }
+        let stored = self.inbox.get((user_id, id)).map_err(db_error)?.map(|v| v.value().to_vec());
+        if let Some(bytes) = stored {
+            let mut item: InboxItem = from_json("inbox item", &bytes)?;
+            item.read_at = Some(at);
+            self.inbox.insert((user_id, id), to_json(&item)?.as_slice()).map_err(db_error)?;
+        }
+        self.add_unread(user_id, -1)
+    }
+
+    fn add_unread(&mut self, user_id: &str, delta: i64) -> Result<(), StoreError> {
+        let current = self.unread_count.get(user_id).map_err(db_error)?.map_or(0, |v| v.value());
+        let next = current.saturating_add_signed(delta);
+        if next == 0 {
+            self.unread_count.remove(user_id).map_err(db_error)?;
+        } else {
+            self.unread_count.insert(user_id, next).map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    /// Removes up to `max` idempotency entries that expired before `now` (to the millisecond, conservatively).
+    fn purge_expired_idempotency(&mut self, now: Timestamp, max: usize) -> Result<(), StoreError> {
+        let now_ms = now.as_millisecond();
+        let expired: Vec<(i64, String)> = self
+            .idempotency_expiry
+            .range::<(i64, &str)>(..(now_ms, ""))
+            .map_err(db_error)?
+            .take(max)
+            .map(|entry| entry.map(|(key, _)| (key.value().0, key.value().1.to_string())))
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?;
+        for (expiry, key) in expired {
+            self.idempotency_expiry.remove((expiry, key.as_str())).map_err(db_error)?;
+            self.idempotency.remove(key.as_str()).map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    fn save_max_seq(&mut self) -> Result<(), StoreError> {
+        if self.max_seq != self.max_seq_stored {
+            self.meta.insert(MAX_SEQ, self.max_seq).map_err(db_error)?;
+            self.max_seq_stored = self.max_seq;
+        }
+        Ok(())
+    }
+}
+
+fn put(table: &mut Records<'_>, id: &str, json: &[u8]) -> Result<(), StoreError> {
+    table.insert(id, json).map(drop).map_err(db_error)
+}
