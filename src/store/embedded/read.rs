@@ -5,7 +5,7 @@
 use std::ops::Bound;
 
 use jiff::Timestamp;
-use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
+use redb::{ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction, ReadableTable};
 
 use super::encode::from_json;
 use super::tables::*;
@@ -24,10 +24,11 @@ pub fn templates(txn: &ReadTransaction) -> Result<Vec<Template>, StoreError> {
 
 pub fn open_notifications(txn: &ReadTransaction) -> Result<Vec<StoredNotification>, StoreError> {
     let open = txn.open_table(OPEN_BY_SEQ).map_err(db_error)?;
+    let tables = NotificationTables::open(txn)?;
     let mut result = Vec::new();
     for entry in open.iter().map_err(db_error)? {
         let (seq, id) = entry.map_err(db_error)?;
-        let stored = notification(txn, id.value())?.ok_or_else(|| {
+        let stored = tables.load(id.value())?.ok_or_else(|| {
             StoreError::Corrupt(format!("open index names missing notification {} (seq {})", id.value(), seq.value()))
         })?;
         result.push(stored);
@@ -36,20 +37,38 @@ pub fn open_notifications(txn: &ReadTransaction) -> Result<Vec<StoredNotificatio
 }
 
 pub fn notification(txn: &ReadTransaction, id: &str) -> Result<Option<StoredNotification>, StoreError> {
-    let notifications = txn.open_table(NOTIFICATIONS).map_err(db_error)?;
-    let Some(notification) = record::<Notification>(&notifications, id, "notification")? else {
-        return Ok(None);
-    };
-    let by_notification = txn.open_multimap_table(DELIVERIES_BY_NOTIFICATION).map_err(db_error)?;
-    let deliveries = txn.open_table(DELIVERIES).map_err(db_error)?;
-    let mut result = Vec::new();
-    for delivery_id in by_notification.get(id).map_err(db_error)? {
-        let delivery_id = delivery_id.map_err(db_error)?;
-        let delivery = record(&deliveries, delivery_id.value(), "delivery")?
-            .ok_or_else(|| StoreError::Corrupt(format!("missing delivery {} of {id}", delivery_id.value())))?;
-        result.push(delivery);
+    NotificationTables::open(txn)?.load(id)
+}
+
+/// The tables a notification is read from, opened once for however many notifications are loaded.
+struct NotificationTables {
+    notifications: Records,
+    by_notification: ReadOnlyMultimapTable<&'static str, &'static str>,
+    deliveries: Records,
+}
+
+impl NotificationTables {
+    fn open(txn: &ReadTransaction) -> Result<Self, StoreError> {
+        Ok(NotificationTables {
+            notifications: txn.open_table(NOTIFICATIONS).map_err(db_error)?,
+            by_notification: txn.open_multimap_table(DELIVERIES_BY_NOTIFICATION).map_err(db_error)?,
+            deliveries: txn.open_table(DELIVERIES).map_err(db_error)?,
+        })
     }
-    Ok(Some(StoredNotification { notification, deliveries: result }))
+
+    fn load(&self, id: &str) -> Result<Option<StoredNotification>, StoreError> {
+        let Some(notification) = record::<Notification>(&self.notifications, id, "notification")? else {
+            return Ok(None);
+        };
+        let mut deliveries = Vec::new();
+        for delivery_id in self.by_notification.get(id).map_err(db_error)? {
+            let delivery_id = delivery_id.map_err(db_error)?;
+            let delivery = record(&self.deliveries, delivery_id.value(), "delivery")?
+                .ok_or_else(|| StoreError::Corrupt(format!("missing delivery {} of {id}", delivery_id.value())))?;
+            deliveries.push(delivery);
+        }
+        Ok(Some(StoredNotification { notification, deliveries }))
+    }
 }
 
 pub fn delivery(txn: &ReadTransaction, id: &str) -> Result<Option<Delivery>, StoreError> {
