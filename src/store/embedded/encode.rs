@@ -1,6 +1,6 @@
 //! Turns [`Write`]s into [`Op`]s on the submitting thread: records become JSON bytes and every fact the writer
 //! needs for index maintenance (seq, open or final, dead or not, expiry, unread) is pulled out beforehand, so
-//! the single writer thread only does B-tree work.
+//! the single writer thread mostly does B-tree work (only read marks decode and rewrite an inbox item there).
 
 use jiff::Timestamp;
 use serde::Serialize;
