@@ -3,6 +3,10 @@
 //! Architecture invariant: only `providers/` knows provider wire formats (request bodies, auth, error codes,
 //! webhook payloads). The engine sees [`SendRequest`] in and [`Accepted`] / [`ProviderError`] out, and
 //! [`Report`]s parsed from webhooks.
+//!
+//! Each folder holds `settings.rs` (its config section), `client.rs` (the [`Provider`]), and `error.rs` (the
+//! provider's error codes, each knowing its [`ErrorClass`] and metric label). [`build`] makes every client from
+//! the configuration; the in-app inbox is the engine's own and is not built here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,8 +101,65 @@ pub struct Report {
     pub outcome: ReportOutcome,
 }
 
+/// Why the provider clients could not be made from the configuration.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("providers.{provider}.{field}: {message}")]
+    Invalid { provider: &'static str, field: &'static str, message: String },
+    #[error("provider HTTP client: {0}")]
+    Http(String),
+}
+
+impl BuildError {
+    pub(crate) fn invalid(provider: &'static str, field: &'static str, message: impl Into<String>) -> BuildError {
+        BuildError::Invalid { provider, field, message: message.into() }
+    }
+}
+
+/// Why a provider webhook (delivery report) could not be understood. The API answers it with a 400.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum WebhookError {
+    #[error("webhook: missing `{0}`")]
+    Missing(&'static str),
+    #[error("webhook: `{field}` is not valid: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("webhook: body is not valid: {0}")]
+    Body(String),
+    #[error("webhook: signature does not match")]
+    Signature,
+}
+
+/// The engine routed an address this provider cannot use (a bug upstream, never worth a retry).
+pub(crate) fn wrong_address(provider: ProviderKind, address: &Address) -> ProviderError {
+    let kind = match address {
+        Address::Device { .. } => "a device token",
+        Address::Email { .. } => "an e-mail address",
+        Address::Phone { .. } => "a phone number",
+        Address::Inbox { .. } => "an inbox",
+    };
+    ProviderError::new(provider, ErrorClass::Permanent, "wrong_address", format!("cannot send to {kind}"))
+}
+
+/// The one log line for a refused send. The recipient is masked here, and only when the line is enabled.
+pub(crate) fn log_refusal(error: &ProviderError, metric_label: &'static str, recipient: &str) {
+    tracing::debug!(
+        provider = error.provider.as_str(),
+        class = ?error.class,
+        code = %error.code,
+        error = metric_label,
+        recipient = %crate::domain::contact::mask(recipient),
+        "provider refused send"
+    );
+}
+
 pub mod apns;
 pub mod bizppurio;
 pub mod fcm;
+mod http;
 pub mod smtp;
+#[cfg(test)]
+mod testing;
 pub mod twilio;
+
+pub use http::parse_retry_after;
+
