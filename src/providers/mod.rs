@@ -3,6 +3,10 @@
 //! Architecture invariant: only `providers/` knows provider wire formats (request bodies, auth, error codes,
 //! webhook payloads). The engine sees [`SendRequest`] in and [`Accepted`] / [`ProviderError`] out, and
 //! [`Report`]s parsed from webhooks.
+//!
+//! Each folder holds `settings.rs` (its config section), `client.rs` (the [`Provider`]), and `error.rs` (the
+//! provider's error codes, each knowing its [`ErrorClass`] and metric label). [`build`] makes every client from
+//! the configuration; the in-app inbox is the engine's own and is not built here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use thiserror::Error;
 
+use crate::config::ProvidersSettings;
 use crate::domain::{Address, DeliveryId, Priority, ProviderKind, Rendered};
 
 /// One message to hand to a provider.
@@ -97,8 +102,117 @@ pub struct Report {
     pub outcome: ReportOutcome,
 }
 
+/// Why the provider clients could not be made from the configuration.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("providers.{provider}.{field}: {message}")]
+    Invalid { provider: &'static str, field: &'static str, message: String },
+    #[error("provider HTTP client: {0}")]
+    Http(String),
+}
+
+impl BuildError {
+    pub(crate) fn invalid(provider: &'static str, field: &'static str, message: impl Into<String>) -> BuildError {
+        BuildError::Invalid { provider, field, message: message.into() }
+    }
+}
+
+/// Why a provider webhook (delivery report) could not be understood. The API answers it with a 400.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum WebhookError {
+    #[error("webhook: missing `{0}`")]
+    Missing(&'static str),
+    #[error("webhook: `{field}` is not valid: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("webhook: body is not valid: {0}")]
+    Body(String),
+    #[error("webhook: signature does not match")]
+    Signature,
+}
+
+/// Makes the clients for FCM, APNs, SMTP, Twilio and Bizppurio, in that order.
+///
+/// The HTTP clients share one pooled `reqwest::Client` with `settings.timeout_ms` as the request timeout.
+/// `callback_base` is Herald's public URL, for status callbacks (`{callback_base}/webhooks/sms?...`).
+/// Must be called inside a Tokio runtime (the SMTP pool starts its cleanup task).
+pub fn build(settings: &ProvidersSettings, callback_base: &str) -> Result<Vec<Arc<dyn Provider>>, BuildError> {
+    let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+    let http = http::client(timeout)?;
+    let apns_token = Arc::new(apns::StaticProviderToken::new(settings.apns.provider_token.expose())?);
+    Ok(vec![
+        Arc::new(fcm::FcmClient::new(http.clone(), &settings.fcm)?),
+        Arc::new(apns::ApnsClient::new(http.clone(), &settings.apns, apns_token)?),
+        Arc::new(smtp::SmtpClient::new(&settings.smtp, timeout)?),
+        Arc::new(twilio::TwilioClient::new(http.clone(), &settings.twilio, callback_base)?),
+        Arc::new(bizppurio::BizppurioClient::new(http, &settings.bizppurio)?),
+    ])
+}
+
+/// The engine routed an address this provider cannot use (a bug upstream, never worth a retry).
+pub(crate) fn wrong_address(provider: ProviderKind, address: &Address) -> ProviderError {
+    let kind = match address {
+        Address::Device { .. } => "a device token",
+        Address::Email { .. } => "an e-mail address",
+        Address::Phone { .. } => "a phone number",
+        Address::Inbox { .. } => "an inbox",
+    };
+    ProviderError::new(provider, ErrorClass::Permanent, "wrong_address", format!("cannot send to {kind}"))
+}
+
+/// The one log line for a refused send. The recipient is masked here, and only when the line is enabled.
+pub(crate) fn log_refusal(error: &ProviderError, metric_label: &'static str, recipient: &str) {
+    tracing::debug!(
+        provider = error.provider.as_str(),
+        class = ?error.class,
+        code = %error.code,
+        error = metric_label,
+        recipient = %crate::domain::contact::mask(recipient),
+        "provider refused send"
+    );
+}
+
 pub mod apns;
 pub mod bizppurio;
 pub mod fcm;
+mod http;
 pub mod smtp;
+#[cfg(test)]
+mod testing;
 pub mod twilio;
+
+pub use http::parse_retry_after;
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::Settings;
+
+    fn settings() -> ProvidersSettings {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+        let env = figment::providers::Env::prefixed("HERALD_PROVIDERS_TEST_NONE__");
+        Settings::load(&dir, "default", env).unwrap().providers
+    }
+
+    #[tokio::test]
+    async fn build_makes_the_five_clients_in_order() {
+        let providers = build(&settings(), "http://127.0.0.1:8080").unwrap();
+        let kinds: Vec<_> = providers.iter().map(|p| p.kind()).collect();
+        let expected =
+            [ProviderKind::Fcm, ProviderKind::Apns, ProviderKind::Smtp, ProviderKind::Twilio, ProviderKind::Bizppurio];
+        assert_eq!(kinds, expected);
+    }
+
+    #[tokio::test]
+    async fn build_names_the_bad_setting() {
+        let mut settings = settings();
+        settings.fcm.base_url = "fcm.googleapis.com".into();
+        let error = build(&settings, "http://127.0.0.1:8080").err().unwrap();
+        assert!(error.to_string().starts_with("providers.fcm.base_url:"), "{error}");
+        let mut settings = self::settings();
+        settings.smtp.from = "not a mailbox".into();
+        let error = build(&settings, "http://127.0.0.1:8080").err().unwrap();
+        assert!(error.to_string().starts_with("providers.smtp.from:"), "{error}");
+    }
+}
