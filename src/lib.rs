@@ -8,8 +8,11 @@
 //! - [`providers`]: one client per provider protocol behind [`providers::Provider`].
 //! - [`sandbox`]: the provider simulator used by default, by tests and by the load generator.
 
+pub mod api;
 pub mod config;
 pub mod domain;
+pub mod engine;
 pub mod providers;
 pub mod sandbox;
 pub mod store;
+pub mod telemetry;

@@ -130,6 +130,8 @@ pub enum Address {
     Email { email: String },
     Phone { phone: String },
     Inbox { user_id: String },
+    /// The recipient has no contact for this channel; only on `filtered` deliveries.
+    Missing,
 }
 
 impl Address {
@@ -140,6 +142,7 @@ impl Address {
             Address::Email { email } => email,
             Address::Phone { phone } => phone,
             Address::Inbox { user_id } => user_id,
+            Address::Missing => "",
         }
     }
 }

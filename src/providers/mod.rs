@@ -155,6 +155,7 @@ pub(crate) fn wrong_address(provider: ProviderKind, address: &Address) -> Provid
         Address::Email { .. } => "an e-mail address",
         Address::Phone { .. } => "a phone number",
         Address::Inbox { .. } => "an inbox",
+        Address::Missing => "a missing contact",
     };
     ProviderError::new(provider, ErrorClass::Permanent, "wrong_address", format!("cannot send to {kind}"))
 }

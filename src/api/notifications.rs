@@ -1,0 +1,274 @@
+//! `POST/GET/DELETE /v1/notifications`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::json::JsonBody;
+use super::{AppState, valid_id};
+use crate::domain::{
+    Address, Category, Channel, Delivery, Event, Platform, Priority, Rendered, Strategy, normalize_email, normalize_phone,
+};
+use crate::engine::{AdHocRecipient, Message, NewNotification, stable_hash};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendBody {
+    user_id: Option<String>,
+    to: Option<ToBody>,
+    #[serde(default)]
+    category: Category,
+    channels: Vec<Channel>,
+    #[serde(default)]
+    strategy: Strategy,
+    #[serde(default)]
+    priority: Priority,
+    template: Option<TemplateRef>,
+    content: Option<ContentBody>,
+    send_at: Option<String>,
+    timezone: Option<String>,
+    expires_at: Option<String>,
+    idempotency_key: Option<String>,
+    metadata: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToBody {
+    email: Option<String>,
+    phone: Option<String>,
+    #[serde(default)]
+    device_tokens: Vec<DeviceToken>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DeviceToken {
+    /// A bare token is taken as an FCM (Android/web) token.
+    Token(String),
+    Device { token: String, platform: Platform },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateRef {
+    id: String,
+    #[serde(default)]
+    params: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContentBody {
+    title: Option<String>,
+    body: String,
+    html: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AcceptedView {
+    id: String,
+    status: crate::domain::NotificationStatus,
+    duplicate: bool,
+}
+
+const MAX_CONTENT_CHARS: usize = 20_000;
+
+pub async fn send(State(state): State<AppState>, headers: HeaderMap, body: JsonBody<SendBody>) -> Result<impl IntoResponse, ApiError> {
+    let header_key = headers.get("idempotency-key").map(|v| v.to_str().map(str::to_string));
+    let header_key = header_key.transpose().map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII"))?;
+    let (request, content_hash) = validate(&state, body.value, header_key)?;
+    let body_hash = stable_hash(&[&body.raw]);
+    let reply = state.engine.send(request, body_hash, content_hash).await.map_err(|e| state.error(e))?;
+    let view = AcceptedView { id: reply.id, status: reply.status, duplicate: reply.duplicate };
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+/// Turns a request body into an engine request, or a 422 naming the field.
+fn validate(state: &AppState, body: SendBody, header_key: Option<String>) -> Result<(NewNotification, u64), ApiError> {
+    if body.channels.is_empty() {
+        return Err(ApiError::invalid("channels", "at least one channel is required"));
+    }
+    for (i, c) in body.channels.iter().enumerate() {
+        if body.channels[..i].contains(c) {
+            return Err(ApiError::invalid(format!("channels[{i}]"), format!("channel {} is listed twice", c.as_str())));
+        }
+    }
+    if body.send_at.is_some() || body.timezone.is_some() {
+        return Err(ApiError::invalid("send_at", "scheduled sends are not available in this version"));
+    }
+    let (owner, adhoc) = match (body.user_id, body.to) {
+        (Some(user_id), None) => {
+            valid_id("user_id", &user_id)?;
+            (user_id, None)
+        }
+        (None, Some(to)) => {
+            let adhoc = AdHocRecipient {
+                email: to.email.map(|e| normalize_email(&e)).transpose().map_err(|e| ApiError::invalid("to.email", e.to_string()))?,
+                phone: to.phone.map(|p| normalize_phone(&p)).transpose().map_err(|e| ApiError::invalid("to.phone", e.to_string()))?,
+                devices: to
+                    .device_tokens
+                    .into_iter()
+                    .map(|t| match t {
+                        DeviceToken::Token(token) => (token, Platform::Android),
+                        DeviceToken::Device { token, platform } => (token, platform),
+                    })
+                    .collect(),
+            };
+            if adhoc.email.is_none() && adhoc.phone.is_none() && adhoc.devices.is_empty() {
+                return Err(ApiError::invalid("to", "needs an email, a phone or device_tokens"));
+            }
+            (adhoc.owner(), Some(adhoc))
+        }
+        _ => return Err(ApiError::invalid("user_id", "give exactly one of user_id and to")),
+    };
+    let mut hash_parts: Vec<Vec<u8>> = vec![owner.clone().into_bytes(), body.category.as_str().into()];
+    hash_parts.extend(body.channels.iter().map(|c| c.as_str().as_bytes().to_vec()));
+    let message = match (body.template, body.content) {
+        (Some(t), None) => {
+            let template = state.engine.template(&t.id).ok_or_else(|| ApiError::invalid("template.id", "unknown template"))?;
+            let mut params = BTreeMap::new();
+            for (name, value) in t.params {
+                let text = match value {
+                    Value::String(s) => s,
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => return Err(ApiError::invalid(format!("template.params.{name}"), "must be a string, number or bool")),
+                };
+                hash_parts.push(name.as_bytes().to_vec());
+                hash_parts.push(text.as_bytes().to_vec());
+                params.insert(name, text);
+            }
+            hash_parts.push(t.id.into_bytes());
+            Message::Template { template, params }
+        }
+        (None, Some(c)) => {
+            if c.body.trim().is_empty() {
+                return Err(ApiError::invalid("content.body", "must not be empty"));
+            }
+            let size = c.body.len() + c.title.as_ref().map_or(0, String::len) + c.html.as_ref().map_or(0, String::len);
+            if size > MAX_CONTENT_CHARS {
+                return Err(ApiError::invalid("content.body", "content is too long"));
+            }
+            for part in [c.title.as_deref(), Some(c.body.as_str()), c.html.as_deref()] {
+                hash_parts.push(part.unwrap_or("").as_bytes().to_vec());
+            }
+            Message::Content(Arc::new(Rendered { title: c.title, body: c.body, html: c.html, template_code: None }))
+        }
+        _ => return Err(ApiError::invalid("template", "give exactly one of template and content")),
+    };
+    let expires_at = body
+        .expires_at
+        .map(|s| s.parse::<Timestamp>().map_err(|_| ApiError::invalid("expires_at", "expected an RFC 3339 instant")))
+        .transpose()?;
+    if expires_at.is_some_and(|e| e <= Timestamp::now()) {
+        return Err(ApiError::invalid("expires_at", "is in the past"));
+    }
+    let idempotency_key = header_key.or(body.idempotency_key);
+    if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
+        return Err(ApiError::invalid("idempotency_key", "must be 1 to 255 characters"));
+    }
+    let parts: Vec<&[u8]> = hash_parts.iter().map(Vec::as_slice).collect();
+    let content_hash = stable_hash(&parts);
+    let request = NewNotification {
+        owner,
+        adhoc,
+        category: body.category,
+        channels: body.channels,
+        strategy: body.strategy,
+        priority: body.priority,
+        message,
+        idempotency_key,
+        claims: Vec::new(),
+        metadata: body.metadata,
+        expires_at,
+    };
+    Ok((request, content_hash))
+}
+
+#[derive(Serialize)]
+struct DeliveryView<'a> {
+    id: &'a str,
+    channel: Channel,
+    provider: &'static str,
+    to: &'a str,
+    status: &'static str,
+    attempts: u32,
+    provider_message_id: Option<&'a str>,
+    events: &'a [Event],
+}
+
+#[derive(Serialize)]
+struct TimelineEntry<'a> {
+    delivery_id: &'a str,
+    channel: Channel,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+fn delivery_view(d: &Delivery) -> DeliveryView<'_> {
+    DeliveryView {
+        id: &d.id,
+        channel: d.channel,
+        provider: d.provider.as_str(),
+        to: match &d.address {
+            Address::Missing => "",
+            other => other.value(),
+        },
+        status: d.status.as_str(),
+        attempts: d.attempts,
+        provider_message_id: d.provider_message_id.as_deref(),
+        events: &d.events,
+    }
+}
+
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let stored = state.engine.notification(&id).await.map_err(|e| state.error(e))?.ok_or(ApiError::not_found("notification"))?;
+    let n = &stored.notification;
+    let mut timeline: Vec<TimelineEntry> = stored
+        .deliveries
+        .iter()
+        .flat_map(|d| d.events.iter().map(move |event| TimelineEntry { delivery_id: &d.id, channel: d.channel, event }))
+        .collect();
+    timeline.sort_by_key(|e| e.event.at);
+    let view = serde_json::json!({
+        "id": n.id,
+        "status": n.status,
+        "user_id": n.user_id,
+        "category": n.category,
+        "channels": n.channels,
+        "strategy": n.strategy,
+        "priority": n.priority,
+        "template_id": n.template_id,
+        "idempotency_key": n.idempotency_key,
+        "metadata": n.metadata,
+        "expires_at": n.expires_at,
+        "created_at": n.created_at,
+        "updated_at": n.updated_at,
+        "deliveries": stored.deliveries.iter().map(delivery_view).collect::<Vec<_>>(),
+        "events": timeline,
+    });
+    Ok(Json(view))
+}
+
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let status = state.engine.cancel(&id).await.map_err(|e| state.error(e))?;
+    Ok(Json(serde_json::json!({ "id": id, "status": status })))
+}
+
+pub(super) fn dlq_view(d: &Delivery) -> Value {
+    serde_json::json!({
+        "id": d.id,
+        "notification_id": d.notification_id,
+        "delivery": delivery_view(d),
+        "updated_at": d.updated_at,
+    })
+}

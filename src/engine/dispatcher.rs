@@ -1,0 +1,288 @@
+//! One dispatcher actor per provider: priority lanes, per-recipient FIFO, a token bucket and an in-flight cap.
+//!
+//! Semantics (`docs/engine-semantics.md`):
+//! - Jobs are grouped by ordering key (the notification's owner). A key has at most one job in flight or
+//!   waiting for a retry; the next job of that key is handed out only after the previous one is released,
+//!   so one recipient's deliveries reach the provider in acceptance order, retries included.
+//! - Ready keys wait in four lanes, served strictly `critical > high > normal > low`. A key sits in the lane of
+//!   its most urgent queued job (priority inheritance), so a critical message is not stuck behind a low lane.
+//! - A job is "in flight" from hand-off until the shard has durably recorded its outcome and released it; the
+//!   in-flight cap therefore bounds the provider-side duplicates a crash can cause.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::config::DispatchLimits;
+use crate::domain::{DeliveryId, NotificationId, Priority, ProviderKind};
+use crate::providers::{ErrorClass, Provider, ProviderError, SendRequest};
+use crate::telemetry::Telemetry;
+
+use super::shard::{SendOutcome, ShardMsg};
+
+/// Hand-off states of a job, shared between the shard (which may cancel) and the dispatcher (which hands off).
+pub const QUEUED: u8 = 0;
+pub const HANDED_OFF: u8 = 1;
+pub const CANCELLED: u8 = 2;
+
+/// A delivery on its way to a provider.
+#[derive(Debug)]
+pub struct DeliveryJob {
+    pub request: SendRequest,
+    pub notification_id: NotificationId,
+    pub owner: Arc<str>,
+    pub provider: ProviderKind,
+    /// When the notification was accepted (this process's clock), for the latency histogram.
+    pub accepted_at: Instant,
+    /// [`QUEUED`], [`HANDED_OFF`] or [`CANCELLED`].
+    pub handoff: Arc<AtomicU8>,
+    /// The shard that owns the delivery and records its outcome.
+    pub shard: ActorRef<ShardMsg>,
+}
+
+impl DeliveryJob {
+    pub fn delivery_id(&self) -> &DeliveryId {
+        &self.request.delivery_id
+    }
+    fn priority(&self) -> Priority {
+        self.request.priority
+    }
+}
+
+/// Messages of a dispatcher.
+pub enum DispatcherMsg {
+    /// A new job, in acceptance order.
+    Dispatch(DeliveryJob),
+    /// The job of `owner` has its outcome recorded; `retry` puts it back after the delay.
+    Release { owner: Arc<str>, retry: Option<(Duration, DeliveryJob)> },
+    /// A retry's backoff is over.
+    RetryDue(DeliveryJob),
+    /// The token bucket has tokens again.
+    Wake,
+}
+
+/// A handle the rest of the engine uses to reach one dispatcher and read its load.
+#[derive(Clone)]
+pub struct DispatcherHandle {
+    pub actor: ActorRef<DispatcherMsg>,
+    /// Jobs queued (all lanes), for admission control.
+    pub queued: Arc<AtomicUsize>,
+    pub capacity: usize,
+}
+
+impl DispatcherHandle {
+    pub fn dispatch(&self, job: DeliveryJob) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.actor.cast(DispatcherMsg::Dispatch(job)) {
+            tracing::error!(error = %e, "dispatcher is gone; delivery left for restart recovery");
+        }
+    }
+
+    pub fn release(&self, owner: Arc<str>, retry: Option<(Duration, DeliveryJob)>) {
+        let _ = self.actor.cast(DispatcherMsg::Release { owner, retry });
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.capacity
+    }
+}
+
+/// The dispatcher actor (read-only configuration; the state lives in [`DispatcherState`]).
+pub struct Dispatcher;
+
+pub struct DispatcherArgs {
+    pub kind: ProviderKind,
+    pub provider: Arc<dyn Provider>,
+    pub limits: DispatchLimits,
+    pub queued: Arc<AtomicUsize>,
+    pub telemetry: Arc<Telemetry>,
+}
+
+#[derive(Default)]
+struct KeyQueue {
+    jobs: VecDeque<DeliveryJob>,
+    /// A job of this key is in flight or waiting for its retry.
+    busy: bool,
+    /// Bit per lane this key is currently listed in.
+    listed: u8,
+}
+
+pub struct DispatcherState {
+    kind: ProviderKind,
+    provider: Arc<dyn Provider>,
+    limiter: DefaultDirectRateLimiter,
+    max_in_flight: usize,
+    in_flight: usize,
+    lanes: [VecDeque<Arc<str>>; 4],
+    keys: HashMap<Arc<str>, KeyQueue>,
+    wake_pending: bool,
+    queued: Arc<AtomicUsize>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Actor for Dispatcher {
+    type Msg = DispatcherMsg;
+    type State = DispatcherState;
+    type Arguments = DispatcherArgs;
+
+    async fn pre_start(&self, _: ActorRef<DispatcherMsg>, args: DispatcherArgs) -> Result<DispatcherState, ActorProcessingErr> {
+        let rate = NonZeroU32::new(args.limits.rate_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(args.limits.burst).unwrap_or(NonZeroU32::MIN);
+        Ok(DispatcherState {
+            kind: args.kind,
+            provider: args.provider,
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            max_in_flight: args.limits.max_in_flight,
+            in_flight: 0,
+            lanes: Default::default(),
+            keys: HashMap::new(),
+            wake_pending: false,
+            queued: args.queued,
+            telemetry: args.telemetry,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        msg: DispatcherMsg,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DispatcherMsg::Dispatch(job) => state.enqueue(job, false),
+            DispatcherMsg::Release { owner, retry } => state.release(&myself, owner, retry),
+            DispatcherMsg::RetryDue(job) => {
+                state.queued.fetch_add(1, Ordering::Relaxed);
+                state.enqueue(job, true);
+            }
+            DispatcherMsg::Wake => state.wake_pending = false,
+        }
+        state.pump(&myself);
+        Ok(())
+    }
+}
+
+impl DispatcherState {
+    fn enqueue(&mut self, job: DeliveryJob, retry: bool) {
+        self.telemetry.queue_changed(self.kind, job.priority(), 1);
+        let owner = job.owner.clone();
+        let key = self.keys.entry(owner.clone()).or_default();
+        if retry {
+            // The retried job is the oldest of its key: it goes first, and the key is free again.
+            key.jobs.push_front(job);
+            key.busy = false;
+        } else {
+            key.jobs.push_back(job);
+        }
+        if !key.busy {
+            list(&mut self.lanes, key, owner, lane_of(&key.jobs));
+        }
+    }
+
+    fn release(&mut self, myself: &ActorRef<DispatcherMsg>, owner: Arc<str>, retry: Option<(Duration, DeliveryJob)>) {
+        self.in_flight -= 1;
+        self.telemetry.in_flight_changed(self.kind, -1);
+        if let Some((delay, job)) = retry {
+            // The key stays busy through the backoff, so later jobs of this recipient keep their place.
+            let me = myself.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = me.cast(DispatcherMsg::RetryDue(job));
+            });
+            return;
+        }
+        let Some(key) = self.keys.get_mut(&owner) else { return };
+        key.busy = false;
+        if key.jobs.is_empty() {
+            if key.listed == 0 {
+                self.keys.remove(&owner);
+            }
+            return;
+        }
+        list(&mut self.lanes, key, owner, lane_of(&key.jobs));
+    }
+
+    /// Hands out jobs while there is in-flight room, a token, and a ready key.
+    fn pump(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        while self.in_flight < self.max_in_flight {
+            let Some(lane) = self.lanes.iter().position(|l| !l.is_empty()) else { return };
+            let owner = self.lanes[lane].pop_front().expect("lane checked non-empty");
+            let Some(key) = self.keys.get_mut(&owner) else { continue };
+            key.listed &= !(1 << lane);
+            if key.busy || key.jobs.is_empty() {
+                // A stale listing: the key was already served from a more urgent lane.
+                if !key.busy && key.listed == 0 {
+                    self.keys.remove(&owner);
+                }
+                continue;
+            }
+            if let Err(not_until) = self.limiter.check() {
+                // No token: put the key back where it was and come back when the bucket refills.
+                key.listed |= 1 << lane;
+                self.lanes[lane].push_front(owner);
+                if !self.wake_pending {
+                    self.wake_pending = true;
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    let me = myself.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let _ = me.cast(DispatcherMsg::Wake);
+                    });
+                }
+                return;
+            }
+            let job = key.jobs.pop_front().expect("checked non-empty");
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.telemetry.queue_changed(self.kind, job.priority(), -1);
+            if job.handoff.compare_exchange(QUEUED, HANDED_OFF, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                // Cancelled while queued: the shard already recorded it; the key moves on.
+                if !key.jobs.is_empty() {
+                    list(&mut self.lanes, key, owner, lane_of(&key.jobs));
+                }
+                continue;
+            }
+            key.busy = true;
+            self.in_flight += 1;
+            self.telemetry.in_flight_changed(self.kind, 1);
+            self.spawn_send(job);
+        }
+    }
+
+    fn spawn_send(&self, mut job: DeliveryJob) {
+        let provider = self.provider.clone();
+        let kind = self.kind;
+        let telemetry = self.telemetry.clone();
+        job.request.attempt += 1;
+        tokio::spawn(async move {
+            let result = AssertUnwindSafe(provider.send(&job.request)).catch_unwind().await.unwrap_or_else(|_| {
+                Err(ProviderError::new(kind, ErrorClass::Retryable, "panic", "provider client panicked"))
+            });
+            telemetry.provider_latency(kind, job.accepted_at.elapsed().as_millis() as u64);
+            let shard = job.shard.clone();
+            if let Err(e) = shard.cast(ShardMsg::Outcome(Box::new(SendOutcome { job, result }))) {
+                tracing::error!(error = %e, "shard is gone; outcome left for restart recovery");
+            }
+        });
+    }
+}
+
+/// Lists `key` in `lane` unless it is already listed there.
+fn list(lanes: &mut [VecDeque<Arc<str>>; 4], key: &mut KeyQueue, owner: Arc<str>, lane: usize) {
+    if key.listed & (1 << lane) == 0 {
+        key.listed |= 1 << lane;
+        lanes[lane].push_back(owner);
+    }
+}
+
+/// The lane of a key: that of its most urgent queued job (priority inheritance).
+fn lane_of(jobs: &VecDeque<DeliveryJob>) -> usize {
+    jobs.iter().map(|j| j.priority().lane()).min().unwrap_or(Priority::Low.lane())
+}

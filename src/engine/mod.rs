@@ -1,0 +1,409 @@
+//! The actor engine: a supervisor, N shard actors (users hashed by id) and one dispatcher per provider.
+//!
+//! [`Engine`] is the handle the API uses. The flow of a notification: the API asks the owning shard to accept
+//! it; the shard renders, filters and plans deliveries and submits them to the store; once committed, the 202 is
+//! answered and the jobs go to the dispatchers, which send them through the [`crate::providers::Provider`]s
+//! and report each outcome back to the shard, which records it and releases the dispatcher's slot.
+//! See `docs/engine-semantics.md` for the guarantees.
+
+mod dispatcher;
+mod error;
+mod idempotency;
+mod plan;
+mod request;
+mod shard;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use parking_lot::RwLock;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EngineSettings, Settings};
+use crate::domain::{Channel, Delivery, Device, NotificationStatus, Preferences, ProviderKind, Template, User};
+use crate::providers::{Provider, Report};
+use crate::store::{Page, Store, StoredNotification, Write};
+use crate::telemetry::Telemetry;
+
+pub use dispatcher::{DeliveryJob, DispatcherHandle};
+pub use error::EngineError;
+pub use idempotency::{IdempotencyIndex, Reservation, stable_hash};
+pub use request::{AcceptReply, AdHocRecipient, Claim, Message, NewNotification, UserUpdate};
+use shard::{Shard, ShardArgs, ShardMsg};
+
+/// What the actors share: the store, the dispatchers, counters and settings.
+pub struct EngineCtx {
+    pub store: Arc<dyn Store>,
+    pub telemetry: Arc<Telemetry>,
+    pub idempotency: Arc<IdempotencyIndex>,
+    pub settings: EngineSettings,
+    dispatchers: Vec<Option<DispatcherHandle>>,
+    /// Accept requests sent to each shard and not yet handled (admission control).
+    shard_pending: Vec<AtomicUsize>,
+    seq: AtomicU64,
+}
+
+impl EngineCtx {
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn dispatcher(&self, kind: ProviderKind) -> &DispatcherHandle {
+        self.dispatchers[kind.index()].as_ref().expect("every provider that gets jobs has a dispatcher")
+    }
+
+    fn dispatch_all(&self, jobs: Vec<DeliveryJob>) {
+        for job in jobs {
+            self.dispatcher(job.provider).dispatch(job);
+        }
+    }
+
+    fn owner_key(&self, owner: &str) -> Arc<str> {
+        Arc::from(owner)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = Duration::from_millis(self.settings.retry_base_ms);
+        shard::backoff(base, Duration::from_millis(self.settings.retry_max_ms), attempt)
+    }
+}
+
+/// Restarts nothing: a failed shard or dispatcher means a bug, and its in-memory state is gone, so the
+/// supervisor stops the process; the restart recovery path (reload open work from the store) takes over.
+struct Supervisor;
+
+impl Actor for Supervisor {
+    type Msg = ();
+    type State = CancellationToken;
+    type Arguments = CancellationToken;
+
+    async fn pre_start(&self, _: ActorRef<()>, shutdown: CancellationToken) -> Result<CancellationToken, ActorProcessingErr> {
+        Ok(shutdown)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<()>,
+        event: SupervisionEvent,
+        shutdown: &mut CancellationToken,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                tracing::error!(actor = ?cell.get_name(), %error, "engine actor failed; shutting down for recovery");
+                shutdown.cancel();
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) if !shutdown.is_cancelled() => {
+                tracing::error!(actor = ?cell.get_name(), ?reason, "engine actor stopped; shutting down for recovery");
+                shutdown.cancel();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The engine as the API sees it.
+pub struct Engine {
+    ctx: Arc<EngineCtx>,
+    shards: Vec<ActorRef<ShardMsg>>,
+    templates: RwLock<HashMap<String, Arc<Template>>>,
+    supervisor: ActorRef<()>,
+    call_timeout: Duration,
+}
+
+impl Engine {
+    /// Loads state from the store, starts the actors and re-drives every delivery that was not final.
+    pub async fn start(
+        settings: &Settings,
+        store: Arc<dyn Store>,
+        providers: Vec<Arc<dyn Provider>>,
+        telemetry: Arc<Telemetry>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let (supervisor, _) = Actor::spawn(None, Supervisor, shutdown)
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("supervisor: {e}")))?;
+        let mut dispatchers: Vec<Option<DispatcherHandle>> = vec![None; ProviderKind::ALL.len()];
+        for provider in providers {
+            let kind = provider.kind();
+            let queued = Arc::new(AtomicUsize::new(0));
+            let args = dispatcher::DispatcherArgs {
+                kind,
+                provider,
+                limits: settings.providers.limits[&kind].clone(),
+                queued: queued.clone(),
+                telemetry: telemetry.clone(),
+            };
+            let name = format!("dispatcher-{}", kind.as_str());
+            let (actor, _) = Actor::spawn_linked(Some(name), dispatcher::Dispatcher, args, supervisor.get_cell())
+                .await
+                .map_err(|e| EngineError::Unavailable(format!("dispatcher: {e}")))?;
+            dispatchers[kind.index()] = Some(DispatcherHandle { actor, queued, capacity: settings.engine.queue_capacity });
+        }
+
+        let now = Timestamp::now();
+        let idempotency = Arc::new(IdempotencyIndex::default());
+        for (key, entry) in store.idempotency_entries(now).await? {
+            idempotency.restore(key, entry);
+        }
+        let n = settings.engine.shards;
+        let ctx = Arc::new(EngineCtx {
+            store: store.clone(),
+            telemetry,
+            idempotency,
+            settings: settings.engine.clone(),
+            dispatchers,
+            shard_pending: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            seq: AtomicU64::new(store.max_seq().await?),
+        });
+        let mut users_by_shard: Vec<Vec<User>> = (0..n).map(|_| Vec::new()).collect();
+        for user in store.users().await? {
+            users_by_shard[shard_index(&user.id, n)].push(user);
+        }
+        let mut shards = Vec::with_capacity(n);
+        for (index, users) in users_by_shard.into_iter().enumerate() {
+            let args = ShardArgs { ctx: ctx.clone(), index, users };
+            let (shard, _) = Actor::spawn_linked(Some(format!("shard-{index}")), Shard, args, supervisor.get_cell())
+                .await
+                .map_err(|e| EngineError::Unavailable(format!("shard: {e}")))?;
+            shards.push(shard);
+        }
+        let templates = store.templates().await?.into_iter().map(|t| (t.id.clone(), Arc::new(t))).collect();
+        let engine = Engine {
+            ctx,
+            shards,
+            templates: RwLock::new(templates),
+            supervisor,
+            call_timeout: Duration::from_millis(settings.server.request_timeout_ms),
+        };
+        engine.restore().await?;
+        Ok(Arc::new(engine))
+    }
+
+    /// Hands every open notification back to its shard, in acceptance order.
+    async fn restore(&self) -> Result<(), EngineError> {
+        let mut by_shard: Vec<Vec<StoredNotification>> = (0..self.shards.len()).map(|_| Vec::new()).collect();
+        let open = self.ctx.store.open_notifications().await?;
+        let count = open.len();
+        for stored in open {
+            by_shard[shard_index(&stored.notification.owner, self.shards.len())].push(stored);
+        }
+        for (shard, stored) in self.shards.iter().zip(by_shard) {
+            let _ = shard.cast(ShardMsg::Restore(stored));
+        }
+        if count > 0 {
+            tracing::info!(open = count, "re-driving notifications that were not final");
+        }
+        Ok(())
+    }
+
+    /// Stops the actors.
+    pub fn stop(&self) {
+        self.supervisor.stop_children(None);
+        self.supervisor.stop(None);
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.ctx.telemetry
+    }
+
+    fn shard(&self, owner: &str) -> &ActorRef<ShardMsg> {
+        &self.shards[shard_index(owner, self.shards.len())]
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        owner: &str,
+        message: impl FnOnce(ractor::RpcReplyPort<T>) -> ShardMsg,
+    ) -> Result<T, EngineError> {
+        match self.shard(owner).call(message, Some(self.call_timeout)).await {
+            Ok(ractor::rpc::CallResult::Success(value)) => Ok(value),
+            Ok(ractor::rpc::CallResult::Timeout) => Err(EngineError::Unavailable("timed out waiting for the store".into())),
+            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(EngineError::Unavailable("engine is shutting down".into())),
+        }
+    }
+
+    pub async fn put_user(&self, id: String, update: UserUpdate) -> Result<User, EngineError> {
+        self.call(&id.clone(), |reply| ShardMsg::PutUser(id, update, reply)).await?
+    }
+
+    pub async fn user(&self, id: &str) -> Result<Option<User>, EngineError> {
+        let owned = id.to_string();
+        self.call(id, |reply| ShardMsg::GetUser(owned, reply)).await
+    }
+
+    pub async fn put_device(&self, id: &str, device: Device) -> Result<User, EngineError> {
+        let owned = id.to_string();
+        self.call(id, |reply| ShardMsg::PutDevice(owned, device, reply)).await?
+    }
+
+    pub async fn remove_device(&self, id: &str, token: String) -> Result<bool, EngineError> {
+        let owned = id.to_string();
+        self.call(id, |reply| ShardMsg::RemoveDevice(owned, token, reply)).await?
+    }
+
+    pub async fn put_preferences(&self, id: &str, preferences: Preferences) -> Result<User, EngineError> {
+        let owned = id.to_string();
+        self.call(id, |reply| ShardMsg::PutPreferences(owned, preferences, reply)).await?
+    }
+
+    pub async fn put_template(&self, template: Template) -> Result<Arc<Template>, EngineError> {
+        let template = Arc::new(template);
+        self.ctx.store.commit(vec![Write::PutTemplate(template.clone())]).await?;
+        self.templates.write().insert(template.id.clone(), template.clone());
+        Ok(template)
+    }
+
+    pub fn template(&self, id: &str) -> Option<Arc<Template>> {
+        self.templates.read().get(id).cloned()
+    }
+
+    /// Accepts a notification: idempotency, admission control, then the owning shard. Resolves once it is
+    /// durable (202) or refused.
+    pub async fn send(&self, mut request: NewNotification, body_hash: u64, content_hash: u64) -> Result<AcceptReply, EngineError> {
+        self.admit(&request)?;
+        let now = Timestamp::now();
+        let (key, ttl) = match &request.idempotency_key {
+            Some(key) => (format!("key:{key}"), self.ctx.settings.idempotency_ttl_s),
+            None => (format!("content:{content_hash:016x}"), self.ctx.settings.dedupe_window_s),
+        };
+        match self.ctx.idempotency.reserve(&key, body_hash, now) {
+            Reservation::New => {}
+            Reservation::Replay(entry) => {
+                return Ok(AcceptReply { id: entry.notification_id, status: entry.status, duplicate: true });
+            }
+            Reservation::Conflict => {
+                return Err(EngineError::Conflict("idempotency key was used with a different request body".into()));
+            }
+            Reservation::InProgress => {
+                return Err(EngineError::Conflict("a request with this idempotency key is in progress".into()));
+            }
+        }
+        let expires_at = now.checked_add(Duration::from_secs(ttl)).unwrap_or(now);
+        request.claims.push(Claim { key: key.clone(), body_hash, expires_at });
+        let index = shard_index(&request.owner, self.shards.len());
+        self.ctx.shard_pending[index].fetch_add(1, Ordering::Relaxed);
+        let owner = request.owner.clone();
+        let result = self.call(&owner, |reply| ShardMsg::Accept(Box::new(request), reply)).await;
+        match result {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                self.ctx.idempotency.release(&key);
+                Err(e)
+            }
+            // Timed out: the commit may still land; its callback completes the key.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Refuses work the engine cannot queue: 429 rather than unbounded memory.
+    fn admit(&self, request: &NewNotification) -> Result<(), EngineError> {
+        let index = shard_index(&request.owner, self.shards.len());
+        let shard_full = self.ctx.shard_pending[index].load(Ordering::Relaxed) >= self.ctx.settings.shard_pending_max;
+        let dispatcher_full = request.channels.iter().any(|channel| {
+            let kinds: &[ProviderKind] = match channel {
+                Channel::Push => &[ProviderKind::Fcm, ProviderKind::Apns],
+                Channel::Email => &[ProviderKind::Smtp],
+                Channel::Sms => &[ProviderKind::Twilio],
+                Channel::Alimtalk => &[ProviderKind::Bizppurio],
+                Channel::InApp => &[],
+            };
+            kinds.iter().any(|k| self.ctx.dispatchers[k.index()].as_ref().is_some_and(|d| d.is_full()))
+        });
+        if shard_full || dispatcher_full {
+            self.ctx.telemetry.overloaded();
+            return Err(EngineError::Overloaded);
+        }
+        Ok(())
+    }
+
+    pub async fn notification(&self, id: &str) -> Result<Option<StoredNotification>, EngineError> {
+        Ok(self.ctx.store.notification(id).await?)
+    }
+
+    /// Cancels what has not been handed to a provider yet; returns the notification's status after that.
+    pub async fn cancel(&self, id: &str) -> Result<NotificationStatus, EngineError> {
+        let stored = self.ctx.store.notification(id).await?.ok_or(EngineError::NotFound("notification"))?;
+        if stored.notification.status.is_final() {
+            return Err(EngineError::Conflict(format!("notification is already {:?}", stored.notification.status).to_lowercase()));
+        }
+        let owned = id.to_string();
+        self.call(&stored.notification.owner, |reply| ShardMsg::Cancel(owned, reply)).await?
+    }
+
+    pub async fn dlq(&self, channel: Option<Channel>, cursor: Option<&str>, limit: usize) -> Result<Page<Delivery>, EngineError> {
+        Ok(self.ctx.store.dlq(channel, cursor, limit).await?)
+    }
+
+    /// Puts a dead-lettered delivery back in its queue with a fresh retry budget.
+    pub async fn replay(&self, delivery_id: &str) -> Result<(), EngineError> {
+        let delivery = self.ctx.store.delivery(delivery_id).await?.ok_or(EngineError::NotFound("delivery"))?;
+        let stored = self
+            .ctx
+            .store
+            .notification(&delivery.notification_id)
+            .await?
+            .ok_or(EngineError::NotFound("notification"))?;
+        let owned = delivery_id.to_string();
+        self.call(&delivery.owner, |reply| ShardMsg::Replay(Box::new(stored), owned, reply)).await?
+    }
+
+    /// Applies a provider's delivery report (webhook). Unknown deliveries are ignored.
+    pub async fn report(&self, report: Report) -> Result<(), EngineError> {
+        let Some(delivery) = self.ctx.store.delivery(&report.delivery_id).await? else {
+            tracing::debug!(provider = report.provider.as_str(), "report for an unknown delivery");
+            return Ok(());
+        };
+        let _ = self.shard(&delivery.owner).cast(ShardMsg::Report(report));
+        Ok(())
+    }
+
+    pub async fn inbox(
+        &self,
+        user_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        unread_only: bool,
+    ) -> Result<(Page<crate::domain::InboxItem>, u64), EngineError> {
+        Ok(self.ctx.store.inbox(user_id, cursor, limit, unread_only).await?)
+    }
+
+    pub async fn mark_read(&self, user_id: &str, ids: Option<Vec<String>>) -> Result<(), EngineError> {
+        let at = Timestamp::now();
+        let user_id = user_id.to_string();
+        let write = match ids {
+            Some(ids) => Write::MarkInboxRead { user_id, ids, at },
+            None => Write::MarkAllInboxRead { user_id, at },
+        };
+        Ok(self.ctx.store.commit(vec![write]).await?)
+    }
+
+    /// Ready when the store answers.
+    pub async fn ready(&self) -> Result<(), EngineError> {
+        Ok(self.ctx.store.health().await?)
+    }
+}
+
+/// The shard that owns `owner`: a stable hash, so it does not change across restarts.
+pub fn shard_index(owner: &str, shards: usize) -> usize {
+    (stable_hash(&[owner.as_bytes()]) % shards as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_spread_over_shards_stably() {
+        let mut counts = [0usize; 8];
+        for i in 0..8000 {
+            counts[shard_index(&format!("user-{i}"), 8)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+        assert_eq!(shard_index("user-1", 8), shard_index("user-1", 8));
+    }
+}

@@ -1,0 +1,180 @@
+//! Telemetry in one place: every counter Herald exports, and the Prometheus text rendering of `/metrics`.
+//!
+//! Counters are fixed arrays of atomics indexed by provider, lane and outcome, so recording on the hot path
+//! is a relaxed atomic add with no lookup and no allocation.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::domain::{Channel, DeliveryStatus, Priority, ProviderKind};
+
+const PROVIDERS: usize = ProviderKind::ALL.len();
+const LANES: usize = Priority::ALL.len();
+const CHANNELS: usize = Channel::ALL.len();
+
+/// Final and intermediate outcomes counted per provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Sent,
+    Delivered,
+    Failed,
+    Filtered,
+    Retry,
+    Dead,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 6] =
+        [Outcome::Sent, Outcome::Delivered, Outcome::Failed, Outcome::Filtered, Outcome::Retry, Outcome::Dead];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Sent => "sent",
+            Outcome::Delivered => "delivered",
+            Outcome::Failed => "failed",
+            Outcome::Filtered => "filtered",
+            Outcome::Retry => "retry",
+            Outcome::Dead => "dead",
+        }
+    }
+
+    /// The counter a delivery status change bumps, if any.
+    pub fn of(status: DeliveryStatus) -> Option<Outcome> {
+        Some(match status {
+            DeliveryStatus::Sent => Outcome::Sent,
+            DeliveryStatus::Delivered => Outcome::Delivered,
+            DeliveryStatus::Failed => Outcome::Failed,
+            DeliveryStatus::Filtered => Outcome::Filtered,
+            DeliveryStatus::Retrying => Outcome::Retry,
+            DeliveryStatus::Dead => Outcome::Dead,
+            DeliveryStatus::Queued | DeliveryStatus::Cancelled => return None,
+        })
+    }
+}
+
+/// Upper bounds (ms) of the accept → provider-answer latency histogram buckets.
+const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000];
+
+/// All of Herald's counters and gauges.
+#[derive(Default)]
+pub struct Telemetry {
+    accepted: [AtomicU64; CHANNELS],
+    outcomes: [[AtomicU64; Outcome::ALL.len()]; PROVIDERS],
+    queue_depth: [[AtomicI64; LANES]; PROVIDERS],
+    in_flight: [AtomicI64; PROVIDERS],
+    latency_buckets: [[AtomicU64; LATENCY_BUCKETS_MS.len() + 1]; PROVIDERS],
+    latency_sum_ms: [AtomicU64; PROVIDERS],
+    rejected_overload: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+impl Telemetry {
+    pub fn accepted(&self, channel: Channel) {
+        self.accepted[channel as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn outcome(&self, provider: ProviderKind, outcome: Outcome) {
+        self.outcomes[provider.index()][outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn queue_changed(&self, provider: ProviderKind, priority: Priority, delta: i64) {
+        self.queue_depth[provider.index()][priority.lane()].fetch_add(delta, Relaxed);
+    }
+
+    pub fn in_flight_changed(&self, provider: ProviderKind, delta: i64) {
+        self.in_flight[provider.index()].fetch_add(delta, Relaxed);
+    }
+
+    /// Latency from acceptance to the provider's answer.
+    pub fn provider_latency(&self, provider: ProviderKind, ms: u64) {
+        let bucket = LATENCY_BUCKETS_MS.iter().position(|&b| ms <= b).unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.latency_buckets[provider.index()][bucket].fetch_add(1, Relaxed);
+        self.latency_sum_ms[provider.index()].fetch_add(ms, Relaxed);
+    }
+
+    /// A request refused with 429 because the engine was saturated.
+    pub fn overloaded(&self) {
+        self.rejected_overload.fetch_add(1, Relaxed);
+        tracing::debug!("request refused: engine saturated");
+    }
+
+    /// A commit that failed; requests waiting on it got 503.
+    pub fn store_error(&self, error: &crate::store::StoreError) {
+        self.store_errors.fetch_add(1, Relaxed);
+        tracing::warn!(%error, "store commit failed");
+    }
+
+    pub fn queue_depth(&self, provider: ProviderKind) -> i64 {
+        self.queue_depth[provider.index()].iter().map(|d| d.load(Relaxed)).sum()
+    }
+
+    pub fn outcome_count(&self, provider: ProviderKind, outcome: Outcome) -> u64 {
+        self.outcomes[provider.index()][outcome as usize].load(Relaxed)
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        out.push_str("# TYPE herald_accepted_total counter\n");
+        for ch in Channel::ALL {
+            let v = self.accepted[ch as usize].load(Relaxed);
+            let _ = writeln!(out, "herald_accepted_total{{channel=\"{}\"}} {v}", ch.as_str());
+        }
+        out.push_str("# TYPE herald_deliveries_total counter\n");
+        for p in ProviderKind::ALL {
+            for o in Outcome::ALL {
+                let v = self.outcomes[p.index()][o as usize].load(Relaxed);
+                let (ch, pr, oc) = (p.channel().as_str(), p.as_str(), o.as_str());
+                let _ = writeln!(out, "herald_deliveries_total{{channel=\"{ch}\",provider=\"{pr}\",outcome=\"{oc}\"}} {v}");
+            }
+        }
+        out.push_str("# TYPE herald_queue_depth gauge\n");
+        for p in ProviderKind::ALL {
+            for lane in Priority::ALL {
+                let v = self.queue_depth[p.index()][lane.lane()].load(Relaxed);
+                let _ = writeln!(out, "herald_queue_depth{{provider=\"{}\",lane=\"{}\"}} {v}", p.as_str(), lane.as_str());
+            }
+        }
+        out.push_str("# TYPE herald_in_flight gauge\n");
+        for p in ProviderKind::ALL {
+            let _ = writeln!(out, "herald_in_flight{{provider=\"{}\"}} {}", p.as_str(), self.in_flight[p.index()].load(Relaxed));
+        }
+        out.push_str("# TYPE herald_provider_latency_ms histogram\n");
+        for p in ProviderKind::ALL {
+            let mut cumulative = 0;
+            for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
+                cumulative += self.latency_buckets[p.index()][i].load(Relaxed);
+                let _ = writeln!(out, "herald_provider_latency_ms_bucket{{provider=\"{}\",le=\"{bound}\"}} {cumulative}", p.as_str());
+            }
+            cumulative += self.latency_buckets[p.index()][LATENCY_BUCKETS_MS.len()].load(Relaxed);
+            let _ = writeln!(out, "herald_provider_latency_ms_bucket{{provider=\"{}\",le=\"+Inf\"}} {cumulative}", p.as_str());
+            let _ = writeln!(out, "herald_provider_latency_ms_sum{{provider=\"{}\"}} {}", p.as_str(), self.latency_sum_ms[p.index()].load(Relaxed));
+            let _ = writeln!(out, "herald_provider_latency_ms_count{{provider=\"{}\"}} {cumulative}", p.as_str());
+        }
+        out.push_str("# TYPE herald_rejected_overload_total counter\n");
+        let _ = writeln!(out, "herald_rejected_overload_total {}", self.rejected_overload.load(Relaxed));
+        out.push_str("# TYPE herald_store_errors_total counter\n");
+        let _ = writeln!(out, "herald_store_errors_total {}", self.store_errors.load(Relaxed));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_up_in_the_exposition() {
+        let t = Telemetry::default();
+        t.accepted(Channel::Sms);
+        t.outcome(ProviderKind::Twilio, Outcome::Delivered);
+        t.queue_changed(ProviderKind::Fcm, Priority::Low, 3);
+        t.provider_latency(ProviderKind::Fcm, 7);
+        let text = t.render();
+        assert!(text.contains("herald_accepted_total{channel=\"sms\"} 1"));
+        assert!(text.contains("herald_deliveries_total{channel=\"sms\",provider=\"twilio\",outcome=\"delivered\"} 1"));
+        assert!(text.contains("herald_queue_depth{provider=\"fcm\",lane=\"low\"} 3"));
+        assert!(text.contains("herald_provider_latency_ms_bucket{provider=\"fcm\",le=\"5\"} 0"));
+        assert!(text.contains("herald_provider_latency_ms_bucket{provider=\"fcm\",le=\"10\"} 1"));
+    }
+}
