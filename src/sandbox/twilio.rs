@@ -169,7 +169,8 @@ async fn handle(
         },
     );
     if let Some(raw) = callback {
-        schedule_callback(state, raw, &auth_token, sid, &message_sid, to, from, undeliverable);
+        let params = callback_params(sid, &message_sid, from, to, undeliverable);
+        schedule_callback(state, raw, &auth_token, params);
     }
 
     let now = jiff::Timestamp::now().strftime("%a, %d %b %Y %H:%M:%S +0000").to_string();
@@ -201,26 +202,14 @@ fn invalid_to(to: &str) -> TwilioError {
     error(StatusCode::BAD_REQUEST, 21211, format!("The 'To' number {} is not a valid phone number.", mask(to)))
 }
 
-/// Posts the final status (`delivered`, or `undelivered` with ErrorCode 30003) to the callback URL, signed with
-/// the auth token the request authenticated with.
-#[allow(clippy::too_many_arguments)]
-fn schedule_callback(
-    state: &Arc<SandboxState>,
-    raw_url: &str,
-    auth_token: &str,
+/// The final status of a message as Twilio posts it: `delivered`, or `undelivered` with ErrorCode 30003.
+fn callback_params(
     account_sid: &str,
     message_sid: &str,
-    to: &str,
     from: &str,
+    to: &str,
     undeliverable: bool,
-) {
-    let url = match reports::loopback_url(raw_url) {
-        Ok(url) => url,
-        Err(error) => {
-            tracing::warn!(%error, "sandbox twilio status callback not sent");
-            return;
-        }
-    };
+) -> Vec<(&'static str, String)> {
     let status = if undeliverable { "undelivered" } else { "delivered" };
     let mut params = vec![
         ("MessageSid", message_sid.to_string()),
@@ -235,6 +224,19 @@ fn schedule_callback(
     if undeliverable {
         params.push(("ErrorCode", "30003".to_string()));
     }
+    params
+}
+
+/// Posts `params` to the callback URL after the report delay, signed with the auth token the request
+/// authenticated with.
+fn schedule_callback(state: &Arc<SandboxState>, raw_url: &str, auth_token: &str, params: Vec<(&'static str, String)>) {
+    let url = match reports::loopback_url(raw_url) {
+        Ok(url) => url,
+        Err(error) => {
+            tracing::warn!(%error, "sandbox twilio status callback not sent");
+            return;
+        }
+    };
     // Signed over the URL exactly as the client gave it, as Twilio does.
     let signature = signature(auth_token, raw_url, &params);
     let report = Report {
