@@ -1,0 +1,102 @@
+//! The sandbox's own admin API under `/_sandbox`: read and clear the record, read and change faults, read the
+//! counters. Errors are `{"error": {"code", "message"}}` like Herald's API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, put};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::record::Filter;
+use super::{FaultSettings, SIMULATED, SandboxState, parse_provider};
+use crate::domain::Channel;
+
+pub(crate) fn routes() -> Router<Arc<SandboxState>> {
+    Router::new()
+        .route("/_sandbox/messages", get(list_messages).delete(clear_messages))
+        .route("/_sandbox/faults", get(get_faults))
+        .route("/_sandbox/faults/{provider}", put(put_faults))
+        .route("/_sandbox/stats", get(get_stats))
+}
+
+fn bad_request(code: &str, message: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessagesQuery {
+    channel: Option<String>,
+    provider: Option<String>,
+    to: Option<String>,
+    /// Only messages with a larger `seq`.
+    after: Option<u64>,
+}
+
+async fn list_messages(
+    State(state): State<Arc<SandboxState>>,
+    query: Result<Query<MessagesQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return bad_request("invalid_query", "known parameters: channel, provider, to, after (a number)");
+    };
+    let non_empty = |value: Option<String>| value.filter(|v| !v.is_empty());
+    let channel = match non_empty(query.channel) {
+        None => None,
+        Some(name) => match Channel::parse(&name) {
+            Some(channel) => Some(channel),
+            None => return bad_request("invalid_channel", format!("unknown channel {name:?}")),
+        },
+    };
+    let provider = match non_empty(query.provider) {
+        None => None,
+        Some(name) => match parse_provider(&name) {
+            Some(provider) => Some(provider),
+            None => return bad_request("invalid_provider", format!("unknown provider {name:?}")),
+        },
+    };
+    let filter = Filter { channel, provider, to: non_empty(query.to), after: query.after };
+    Json(state.record.query(&filter)).into_response()
+}
+
+async fn clear_messages(State(state): State<Arc<SandboxState>>) -> Response {
+    Json(json!({"cleared": state.record.clear()})).into_response()
+}
+
+async fn get_faults(State(state): State<Arc<SandboxState>>) -> Response {
+    let faults: BTreeMap<_, _> = SIMULATED.iter().map(|&kind| (kind, state.faults.get(kind))).collect();
+    Json(faults).into_response()
+}
+
+async fn put_faults(State(state): State<Arc<SandboxState>>, Path(provider): Path<String>, body: Bytes) -> Response {
+    let Some(kind) = parse_provider(&provider) else {
+        let known = SIMULATED.map(|k| k.as_str()).join(", ");
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"code": "unknown_provider", "message": format!("known providers: {known}")}})),
+        )
+            .into_response();
+    };
+    let settings: FaultSettings = match serde_json::from_slice(&body) {
+        Ok(settings) => settings,
+        Err(error) => return bad_request("invalid_faults", error.to_string()),
+    };
+    match state.faults.set(kind, settings.clone()) {
+        Ok(()) => {
+            tracing::info!(provider = kind.as_str(), ?settings, "sandbox faults changed");
+            Json(settings).into_response()
+        }
+        Err(message) => bad_request("invalid_faults", message),
+    }
+}
+
+async fn get_stats(State(state): State<Arc<SandboxState>>) -> Response {
+    Json(state.stats.snapshot()).into_response()
+}

@@ -1,0 +1,77 @@
+//! Per-provider counters of the sandbox: requests accepted and rejected (auth, validation, injected faults,
+//! address rules) and delivery reports posted or lost. Lock-free, so every handler can bump them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::domain::ProviderKind;
+
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    reports_sent: AtomicU64,
+    reports_failed: AtomicU64,
+}
+
+/// One provider's counts, as `GET /_sandbox/stats` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct ProviderStats {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub reports_sent: u64,
+    pub reports_failed: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    counters: [Counters; ProviderKind::ALL.len()],
+}
+
+impl Stats {
+    pub fn accepted(&self, kind: ProviderKind) {
+        self.counters[kind.index()].accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, kind: ProviderKind) {
+        self.counters[kind.index()].rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn report(&self, kind: ProviderKind, sent: bool) {
+        let counters = &self.counters[kind.index()];
+        let counter = if sent { &counters.reports_sent } else { &counters.reports_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a handler's answer: `Ok` accepted, `Err` rejected. Returns it unchanged.
+    pub fn tally<T>(&self, kind: ProviderKind, answer: Result<T, T>) -> T {
+        match answer {
+            Ok(accepted) => {
+                self.accepted(kind);
+                accepted
+            }
+            Err(rejected) => {
+                self.rejected(kind);
+                rejected
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<ProviderKind, ProviderStats> {
+        super::SIMULATED
+            .iter()
+            .map(|&kind| {
+                let c = &self.counters[kind.index()];
+                let stats = ProviderStats {
+                    accepted: c.accepted.load(Ordering::Relaxed),
+                    rejected: c.rejected.load(Ordering::Relaxed),
+                    reports_sent: c.reports_sent.load(Ordering::Relaxed),
+                    reports_failed: c.reports_failed.load(Ordering::Relaxed),
+                };
+                (kind, stats)
+            })
+            .collect()
+    }
+}
