@@ -14,5 +14,6 @@ pub mod domain;
 pub mod engine;
 pub mod providers;
 pub mod sandbox;
+pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -117,7 +117,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("sandbox record: http://{}/_sandbox/messages", sandbox.http_addr());
     }
     println!("try:");
-    println!("  curl -X PUT {base}/v1/users/u-1 -H 'content-type: application/json' -d '{{\"email\":\"kim@example.com\",\"phone\":\"010-1234-5678\"}}'");
+    println!(
+        "  curl -X PUT {base}/v1/users/u-1 -H 'content-type: application/json' -d '{{\"email\":\"kim@example.com\",\"phone\":\"010-1234-5678\"}}'"
+    );
     println!(
         "  curl -X POST {base}/v1/notifications -H 'content-type: application/json' -d '{{\"user_id\":\"u-1\",\"channels\":[\"email\",\"sms\"],\"content\":{{\"title\":\"Hello\",\"body\":\"Your order shipped\"}}}}'"
     );

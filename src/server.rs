@@ -43,7 +43,9 @@ impl Running {
 
 /// Starts Herald with `settings`. Port 0 addresses are allowed (tests).
 pub async fn serve(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let listener = TcpListener::bind(settings.server.listen).await.with_context(|| format!("binding {}", settings.server.listen))?;
+    let listener = TcpListener::bind(settings.server.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.server.listen))?;
     let addr = listener.local_addr()?;
     settings.server.listen = addr;
     let public_url = settings.public_url();
@@ -68,11 +70,13 @@ pub async fn serve(mut settings: Settings, shutdown: CancellationToken) -> anyho
         .with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))?;
     let providers = crate::providers::build(&settings.providers, &public_url).context("building provider clients")?;
     let telemetry = Arc::new(Telemetry::default());
-    let engine = Engine::start(&settings, store, providers, telemetry, shutdown.clone()).await.context("starting the engine")?;
+    let engine =
+        Engine::start(&settings, store, providers, telemetry, shutdown.clone()).await.context("starting the engine")?;
 
     let state = AppState { engine: engine.clone(), settings: Arc::new(settings) };
     let app = router(state);
     let stop = shutdown.clone();
-    let task = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
+    let task =
+        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
     Ok(Running { addr, sandbox, engine, shutdown, task })
 }

@@ -125,30 +125,50 @@ impl Telemetry {
             for o in Outcome::ALL {
                 let v = self.outcomes[p.index()][o as usize].load(Relaxed);
                 let (ch, pr, oc) = (p.channel().as_str(), p.as_str(), o.as_str());
-                let _ = writeln!(out, "herald_deliveries_total{{channel=\"{ch}\",provider=\"{pr}\",outcome=\"{oc}\"}} {v}");
+                let _ =
+                    writeln!(out, "herald_deliveries_total{{channel=\"{ch}\",provider=\"{pr}\",outcome=\"{oc}\"}} {v}");
             }
         }
         out.push_str("# TYPE herald_queue_depth gauge\n");
         for p in ProviderKind::ALL {
             for lane in Priority::ALL {
                 let v = self.queue_depth[p.index()][lane.lane()].load(Relaxed);
-                let _ = writeln!(out, "herald_queue_depth{{provider=\"{}\",lane=\"{}\"}} {v}", p.as_str(), lane.as_str());
+                let _ =
+                    writeln!(out, "herald_queue_depth{{provider=\"{}\",lane=\"{}\"}} {v}", p.as_str(), lane.as_str());
             }
         }
         out.push_str("# TYPE herald_in_flight gauge\n");
         for p in ProviderKind::ALL {
-            let _ = writeln!(out, "herald_in_flight{{provider=\"{}\"}} {}", p.as_str(), self.in_flight[p.index()].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "herald_in_flight{{provider=\"{}\"}} {}",
+                p.as_str(),
+                self.in_flight[p.index()].load(Relaxed)
+            );
         }
         out.push_str("# TYPE herald_provider_latency_ms histogram\n");
         for p in ProviderKind::ALL {
             let mut cumulative = 0;
             for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
                 cumulative += self.latency_buckets[p.index()][i].load(Relaxed);
-                let _ = writeln!(out, "herald_provider_latency_ms_bucket{{provider=\"{}\",le=\"{bound}\"}} {cumulative}", p.as_str());
+                let _ = writeln!(
+                    out,
+                    "herald_provider_latency_ms_bucket{{provider=\"{}\",le=\"{bound}\"}} {cumulative}",
+                    p.as_str()
+                );
             }
             cumulative += self.latency_buckets[p.index()][LATENCY_BUCKETS_MS.len()].load(Relaxed);
-            let _ = writeln!(out, "herald_provider_latency_ms_bucket{{provider=\"{}\",le=\"+Inf\"}} {cumulative}", p.as_str());
-            let _ = writeln!(out, "herald_provider_latency_ms_sum{{provider=\"{}\"}} {}", p.as_str(), self.latency_sum_ms[p.index()].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "herald_provider_latency_ms_bucket{{provider=\"{}\",le=\"+Inf\"}} {cumulative}",
+                p.as_str()
+            );
+            let _ = writeln!(
+                out,
+                "herald_provider_latency_ms_sum{{provider=\"{}\"}} {}",
+                p.as_str(),
+                self.latency_sum_ms[p.index()].load(Relaxed)
+            );
             let _ = writeln!(out, "herald_provider_latency_ms_count{{provider=\"{}\"}} {cumulative}", p.as_str());
         }
         out.push_str("# TYPE herald_rejected_overload_total counter\n");

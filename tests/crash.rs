@@ -128,7 +128,12 @@ async fn every_acknowledged_notification_survives_a_kill_9() {
         if counts.len() >= acked.len() {
             break (messages, counts);
         }
-        assert!(Instant::now() < deadline, "only {} of {} notifications delivered after restart", counts.len(), acked.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} notifications delivered after restart",
+            counts.len(),
+            acked.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     for id in &acked {

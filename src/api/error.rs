@@ -24,7 +24,10 @@ impl ApiError {
 
     /// 422 on one field.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError { field: Some(field.into()), ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message) }
+        ApiError {
+            field: Some(field.into()),
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message)
+        }
     }
 
     pub fn not_found(what: &str) -> ApiError {

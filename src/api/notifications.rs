@@ -15,7 +15,8 @@ use super::error::ApiError;
 use super::json::JsonBody;
 use super::{AppState, valid_id};
 use crate::domain::{
-    Address, Category, Channel, Delivery, Event, Platform, Priority, Rendered, Strategy, normalize_email, normalize_phone,
+    Address, Category, Channel, Delivery, Event, Platform, Priority, Rendered, Strategy, normalize_email,
+    normalize_phone,
 };
 use crate::engine::{AdHocRecipient, Message, NewNotification, stable_hash};
 
@@ -54,7 +55,10 @@ struct ToBody {
 enum DeviceToken {
     /// A bare token is taken as an FCM (Android/web) token.
     Token(String),
-    Device { token: String, platform: Platform },
+    Device {
+        token: String,
+        platform: Platform,
+    },
 }
 
 #[derive(Deserialize)]
@@ -82,9 +86,14 @@ struct AcceptedView {
 
 const MAX_CONTENT_CHARS: usize = 20_000;
 
-pub async fn send(State(state): State<AppState>, headers: HeaderMap, body: JsonBody<SendBody>) -> Result<impl IntoResponse, ApiError> {
+pub async fn send(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<SendBody>,
+) -> Result<impl IntoResponse, ApiError> {
     let header_key = headers.get("idempotency-key").map(|v| v.to_str().map(str::to_string));
-    let header_key = header_key.transpose().map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII"))?;
+    let header_key =
+        header_key.transpose().map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII"))?;
     let (request, content_hash) = validate(&state, body.value, header_key)?;
     let body_hash = stable_hash(&[&body.raw]);
     let reply = state.engine.send(request, body_hash, content_hash).await.map_err(|e| state.error(e))?;
@@ -112,8 +121,16 @@ fn validate(state: &AppState, body: SendBody, header_key: Option<String>) -> Res
         }
         (None, Some(to)) => {
             let adhoc = AdHocRecipient {
-                email: to.email.map(|e| normalize_email(&e)).transpose().map_err(|e| ApiError::invalid("to.email", e.to_string()))?,
-                phone: to.phone.map(|p| normalize_phone(&p)).transpose().map_err(|e| ApiError::invalid("to.phone", e.to_string()))?,
+                email: to
+                    .email
+                    .map(|e| normalize_email(&e))
+                    .transpose()
+                    .map_err(|e| ApiError::invalid("to.email", e.to_string()))?,
+                phone: to
+                    .phone
+                    .map(|p| normalize_phone(&p))
+                    .transpose()
+                    .map_err(|e| ApiError::invalid("to.phone", e.to_string()))?,
                 devices: to
                     .device_tokens
                     .into_iter()
@@ -134,14 +151,20 @@ fn validate(state: &AppState, body: SendBody, header_key: Option<String>) -> Res
     hash_parts.extend(body.channels.iter().map(|c| c.as_str().as_bytes().to_vec()));
     let message = match (body.template, body.content) {
         (Some(t), None) => {
-            let template = state.engine.template(&t.id).ok_or_else(|| ApiError::invalid("template.id", "unknown template"))?;
+            let template =
+                state.engine.template(&t.id).ok_or_else(|| ApiError::invalid("template.id", "unknown template"))?;
             let mut params = BTreeMap::new();
             for (name, value) in t.params {
                 let text = match value {
                     Value::String(s) => s,
                     Value::Number(n) => n.to_string(),
                     Value::Bool(b) => b.to_string(),
-                    _ => return Err(ApiError::invalid(format!("template.params.{name}"), "must be a string, number or bool")),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            format!("template.params.{name}"),
+                            "must be a string, number or bool",
+                        ));
+                    }
                 };
                 hash_parts.push(name.as_bytes().to_vec());
                 hash_parts.push(text.as_bytes().to_vec());
@@ -231,7 +254,8 @@ fn delivery_view(d: &Delivery) -> DeliveryView<'_> {
 }
 
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    let stored = state.engine.notification(&id).await.map_err(|e| state.error(e))?.ok_or(ApiError::not_found("notification"))?;
+    let stored =
+        state.engine.notification(&id).await.map_err(|e| state.error(e))?.ok_or(ApiError::not_found("notification"))?;
     let n = &stored.notification;
     let mut timeline: Vec<TimelineEntry> = stored
         .deliveries

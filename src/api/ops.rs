@@ -18,7 +18,10 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.engine.ready().await {
         Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "status": "ready" }))),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "not_ready", "reason": e.to_string() }))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "not_ready", "reason": e.to_string() })),
+        ),
     }
 }
 

@@ -46,7 +46,8 @@ fn user_update(body: UserBody) -> Result<UserUpdate, ApiError> {
         phone: check("phone", body.phone, &phone)?,
         kakao_phone: check("kakao_phone", body.kakao_phone, &phone)?,
         locale: check("locale", body.locale, &|s| {
-            let ok = !s.is_empty() && s.len() <= 35 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            let ok =
+                !s.is_empty() && s.len() <= 35 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if ok { Ok(s.to_string()) } else { Err("locale must be a language tag such as ko or en-US".into()) }
         })?,
         timezone: check("timezone", body.timezone, &|s| {
@@ -119,7 +120,10 @@ pub async fn put_preferences(
     Ok(Json(user.preferences))
 }
 
-pub async fn get_preferences(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+pub async fn get_preferences(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let user = state.engine.user(&id).await.map_err(|e| state.error(e))?.ok_or(ApiError::not_found("user"))?;
     Ok(Json(user.preferences))
 }
@@ -154,7 +158,10 @@ pub async fn put_template(
                 }
             }
             if *channel == Channel::Alimtalk && b.templatecode.as_deref().is_none_or(str::is_empty) {
-                return Err(ApiError::invalid(format!("{field}.templatecode"), "alimtalk bodies need the approved templatecode"));
+                return Err(ApiError::invalid(
+                    format!("{field}.templatecode"),
+                    "alimtalk bodies need the approved templatecode",
+                ));
             }
         }
     }
@@ -163,7 +170,10 @@ pub async fn put_template(
     Ok(Json(saved.as_ref().clone()))
 }
 
-pub async fn get_template(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+pub async fn get_template(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let template = state.engine.template(&id).ok_or(ApiError::not_found("template"))?;
     Ok(Json(template.as_ref().clone()))
 }

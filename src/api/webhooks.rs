@@ -17,7 +17,12 @@ fn bad_webhook(e: WebhookError) -> ApiError {
 }
 
 /// Twilio status callback: form-encoded, signed with `X-Twilio-Signature` over our public URL and the params.
-pub async fn sms(State(state): State<AppState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
+pub async fn sms(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
     let params: Vec<(String, String)> =
         serde_urlencoded::from_bytes(&body).map_err(|e| bad_webhook(WebhookError::Body(e.to_string())))?;
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());

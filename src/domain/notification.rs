@@ -126,10 +126,19 @@ pub struct Rendered {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Address {
-    Device { token: String, platform: Platform },
-    Email { email: String },
-    Phone { phone: String },
-    Inbox { user_id: String },
+    Device {
+        token: String,
+        platform: Platform,
+    },
+    Email {
+        email: String,
+    },
+    Phone {
+        phone: String,
+    },
+    Inbox {
+        user_id: String,
+    },
     /// The recipient has no contact for this channel; only on `filtered` deliveries.
     Missing,
 }

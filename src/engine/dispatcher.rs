@@ -133,7 +133,11 @@ impl Actor for Dispatcher {
     type State = DispatcherState;
     type Arguments = DispatcherArgs;
 
-    async fn pre_start(&self, _: ActorRef<DispatcherMsg>, args: DispatcherArgs) -> Result<DispatcherState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<DispatcherMsg>,
+        args: DispatcherArgs,
+    ) -> Result<DispatcherState, ActorProcessingErr> {
         let rate = NonZeroU32::new(args.limits.rate_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(args.limits.burst).unwrap_or(NonZeroU32::MIN);
         Ok(DispatcherState {

@@ -5,7 +5,7 @@
 //! to (same commit) and reloaded at start.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use jiff::Timestamp;
 use parking_lot::Mutex;
@@ -16,7 +16,9 @@ const STRIPES: usize = 64;
 
 enum Slot {
     /// The first request with this key is being accepted.
-    Pending { body_hash: u64 },
+    Pending {
+        body_hash: u64,
+    },
     Done(IdempotencyEntry),
 }
 
@@ -62,9 +64,7 @@ impl Default for IdempotencyIndex {
 
 impl IdempotencyIndex {
     fn stripe(&self, key: &str) -> &Mutex<HashMap<String, Slot>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.stripes[(h.finish() as usize) % STRIPES]
+        &self.stripes[(self.hasher.hash_one(key) as usize) % STRIPES]
     }
 
     /// Looks the key up and, when it is new (or expired), reserves it.
@@ -124,7 +124,12 @@ impl IdempotencyIndex {
 }
 
 /// An entry for a just-accepted notification.
-pub fn entry(notification_id: &str, body_hash: u64, status: NotificationStatus, expires_at: Timestamp) -> IdempotencyEntry {
+pub fn entry(
+    notification_id: &str,
+    body_hash: u64,
+    status: NotificationStatus,
+    expires_at: Timestamp,
+) -> IdempotencyEntry {
     IdempotencyEntry { notification_id: notification_id.to_string(), body_hash, status, expires_at }
 }
 

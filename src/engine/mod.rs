@@ -81,7 +81,11 @@ impl Actor for Supervisor {
     type State = CancellationToken;
     type Arguments = CancellationToken;
 
-    async fn pre_start(&self, _: ActorRef<()>, shutdown: CancellationToken) -> Result<CancellationToken, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<()>,
+        shutdown: CancellationToken,
+    ) -> Result<CancellationToken, ActorProcessingErr> {
         Ok(shutdown)
     }
 
@@ -138,11 +142,12 @@ impl Engine {
                 queued: queued.clone(),
                 telemetry: telemetry.clone(),
             };
-            let name = format!("dispatcher-{}", kind.as_str());
-            let (actor, _) = Actor::spawn_linked(Some(name), dispatcher::Dispatcher, args, supervisor.get_cell())
+            // Unnamed: ractor's name registry is process-global, and tests run several engines in one process.
+            let (actor, _) = Actor::spawn_linked(None, dispatcher::Dispatcher, args, supervisor.get_cell())
                 .await
                 .map_err(|e| EngineError::Unavailable(format!("dispatcher: {e}")))?;
-            dispatchers[kind.index()] = Some(DispatcherHandle { actor, queued, capacity: settings.engine.queue_capacity });
+            dispatchers[kind.index()] =
+                Some(DispatcherHandle { actor, queued, capacity: settings.engine.queue_capacity });
         }
 
         let now = Timestamp::now();
@@ -167,7 +172,7 @@ impl Engine {
         let mut shards = Vec::with_capacity(n);
         for (index, users) in users_by_shard.into_iter().enumerate() {
             let args = ShardArgs { ctx: ctx.clone(), index, users };
-            let (shard, _) = Actor::spawn_linked(Some(format!("shard-{index}")), Shard, args, supervisor.get_cell())
+            let (shard, _) = Actor::spawn_linked(None, Shard, args, supervisor.get_cell())
                 .await
                 .map_err(|e| EngineError::Unavailable(format!("shard: {e}")))?;
             shards.push(shard);
@@ -222,8 +227,12 @@ impl Engine {
     ) -> Result<T, EngineError> {
         match self.shard(owner).call(message, Some(self.call_timeout)).await {
             Ok(ractor::rpc::CallResult::Success(value)) => Ok(value),
-            Ok(ractor::rpc::CallResult::Timeout) => Err(EngineError::Unavailable("timed out waiting for the store".into())),
-            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(EngineError::Unavailable("engine is shutting down".into())),
+            Ok(ractor::rpc::CallResult::Timeout) => {
+                Err(EngineError::Unavailable("timed out waiting for the store".into()))
+            }
+            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
+                Err(EngineError::Unavailable("engine is shutting down".into()))
+            }
         }
     }
 
@@ -264,7 +273,12 @@ impl Engine {
 
     /// Accepts a notification: idempotency, admission control, then the owning shard. Resolves once it is
     /// durable (202) or refused.
-    pub async fn send(&self, mut request: NewNotification, body_hash: u64, content_hash: u64) -> Result<AcceptReply, EngineError> {
+    pub async fn send(
+        &self,
+        mut request: NewNotification,
+        body_hash: u64,
+        content_hash: u64,
+    ) -> Result<AcceptReply, EngineError> {
         self.admit(&request)?;
         let now = Timestamp::now();
         let (key, ttl) = match &request.idempotency_key {
@@ -329,13 +343,20 @@ impl Engine {
     pub async fn cancel(&self, id: &str) -> Result<NotificationStatus, EngineError> {
         let stored = self.ctx.store.notification(id).await?.ok_or(EngineError::NotFound("notification"))?;
         if stored.notification.status.is_final() {
-            return Err(EngineError::Conflict(format!("notification is already {:?}", stored.notification.status).to_lowercase()));
+            return Err(EngineError::Conflict(
+                format!("notification is already {:?}", stored.notification.status).to_lowercase(),
+            ));
         }
         let owned = id.to_string();
         self.call(&stored.notification.owner, |reply| ShardMsg::Cancel(owned, reply)).await?
     }
 
-    pub async fn dlq(&self, channel: Option<Channel>, cursor: Option<&str>, limit: usize) -> Result<Page<Delivery>, EngineError> {
+    pub async fn dlq(
+        &self,
+        channel: Option<Channel>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Delivery>, EngineError> {
         Ok(self.ctx.store.dlq(channel, cursor, limit).await?)
     }
 

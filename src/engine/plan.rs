@@ -12,28 +12,35 @@ use crate::domain::{
 
 /// The deliveries of `channel` for `user`: queued ones to dispatch, `filtered` ones (preferences, missing contact)
 /// and, for in-app, one already `delivered` (the inbox write is part of the same commit).
-pub fn deliveries_for(notification: &Notification, user: &User, adhoc: bool, channel: Channel, now: Timestamp) -> Vec<Delivery> {
-    let delivery = |provider: ProviderKind, address: Address, status: DeliveryStatus, kind: EventKind, reason: Option<&str>| {
-        let mut events = vec![Event { kind: EventKind::Requested, at: now, reason: None }];
-        if kind != EventKind::Requested {
-            events.push(Event { kind, at: now, reason: reason.map(str::to_string) });
-        }
-        Delivery {
-            id: new_id(),
-            notification_id: notification.id.clone(),
-            seq: notification.seq,
-            owner: notification.owner.clone(),
-            channel,
-            provider,
-            address,
-            priority: notification.priority,
-            status,
-            attempts: 0,
-            provider_message_id: None,
-            events,
-            updated_at: now,
-        }
-    };
+pub fn deliveries_for(
+    notification: &Notification,
+    user: &User,
+    adhoc: bool,
+    channel: Channel,
+    now: Timestamp,
+) -> Vec<Delivery> {
+    let delivery =
+        |provider: ProviderKind, address: Address, status: DeliveryStatus, kind: EventKind, reason: Option<&str>| {
+            let mut events = vec![Event { kind: EventKind::Requested, at: now, reason: None }];
+            if kind != EventKind::Requested {
+                events.push(Event { kind, at: now, reason: reason.map(str::to_string) });
+            }
+            Delivery {
+                id: new_id(),
+                notification_id: notification.id.clone(),
+                seq: notification.seq,
+                owner: notification.owner.clone(),
+                channel,
+                provider,
+                address,
+                priority: notification.priority,
+                status,
+                attempts: 0,
+                provider_message_id: None,
+                events,
+                updated_at: now,
+            }
+        };
     let queued = |provider, address| delivery(provider, address, DeliveryStatus::Queued, EventKind::Requested, None);
     let filtered = |provider, reason: &str| {
         delivery(provider, Address::Missing, DeliveryStatus::Filtered, EventKind::Filtered, Some(reason))
@@ -142,7 +149,10 @@ mod tests {
             owner: "u1".into(),
             user_id: Some("u1".into()),
             category: Category::Transaction,
-            contents: channels.iter().map(|c| (*c, Arc::new(Rendered { body: "hi".into(), ..Default::default() }))).collect(),
+            contents: channels
+                .iter()
+                .map(|c| (*c, Arc::new(Rendered { body: "hi".into(), ..Default::default() })))
+                .collect(),
             channels,
             strategy,
             priority: Priority::High,

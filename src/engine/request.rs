@@ -6,7 +6,8 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use crate::domain::{
-    Category, Channel, Device, IdempotencyEntry, NotificationStatus, Platform, Priority, Rendered, Strategy, Template, User,
+    Category, Channel, Device, IdempotencyEntry, NotificationStatus, Platform, Priority, Rendered, Strategy, Template,
+    User,
 };
 
 use super::EngineError;
@@ -31,8 +32,11 @@ impl AdHocRecipient {
         let mut user = User::new(owner.to_string(), now);
         user.email = self.email.clone();
         user.phone = self.phone.clone();
-        user.devices =
-            self.devices.iter().map(|(token, platform)| Device { token: token.clone(), platform: *platform, created_at: now }).collect();
+        user.devices = self
+            .devices
+            .iter()
+            .map(|(token, platform)| Device { token: token.clone(), platform: *platform, created_at: now })
+            .collect();
         user
     }
 

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use rand::Rng;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rand::Rng;
 
 use crate::domain::{
     Channel, Delivery, DeliveryId, DeliveryStatus, Device, EventKind, Notification, NotificationId, NotificationStatus,
@@ -97,7 +97,12 @@ impl Actor for Shard {
         })
     }
 
-    async fn handle(&self, me: ActorRef<ShardMsg>, msg: ShardMsg, st: &mut ShardState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        st: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ShardMsg::PutUser(id, update, reply) => st.put_user(id, update, reply),
             ShardMsg::GetUser(id, reply) => drop(reply.send(st.users.get(&id).cloned())),
@@ -131,7 +136,10 @@ impl ShardState {
         user.updated_at = now;
         let snapshot = user.clone();
         let record = Arc::new(snapshot.clone());
-        self.ctx.store.submit(vec![Write::PutUser(record)], Box::new(move |r| drop(reply.send(r.map(|_| snapshot).map_err(Into::into)))));
+        self.ctx.store.submit(
+            vec![Write::PutUser(record)],
+            Box::new(move |r| drop(reply.send(r.map(|_| snapshot).map_err(Into::into)))),
+        );
     }
 
     fn update_user(&mut self, id: &str, reply: Reply<User>, change: impl FnOnce(&mut User)) {
@@ -140,7 +148,10 @@ impl ShardState {
         user.updated_at = Timestamp::now();
         let snapshot = user.clone();
         let record = Arc::new(snapshot.clone());
-        self.ctx.store.submit(vec![Write::PutUser(record)], Box::new(move |r| drop(reply.send(r.map(|_| snapshot).map_err(Into::into)))));
+        self.ctx.store.submit(
+            vec![Write::PutUser(record)],
+            Box::new(move |r| drop(reply.send(r.map(|_| snapshot).map_err(Into::into)))),
+        );
     }
 
     fn remove_device(&mut self, id: &str, token: &str, reply: Reply<bool>) {
@@ -150,7 +161,10 @@ impl ShardState {
         }
         user.updated_at = Timestamp::now();
         let record = Arc::new(user.clone());
-        self.ctx.store.submit(vec![Write::PutUser(record)], Box::new(move |r| drop(reply.send(r.map(|_| true).map_err(Into::into)))));
+        self.ctx.store.submit(
+            vec![Write::PutUser(record)],
+            Box::new(move |r| drop(reply.send(r.map(|_| true).map_err(Into::into)))),
+        );
     }
 
     fn accept(&mut self, me: &ActorRef<ShardMsg>, req: NewNotification, reply: Reply<AcceptReply>) {
@@ -205,7 +219,11 @@ impl ShardState {
     }
 
     /// Validates and renders a request into a notification record (no deliveries yet).
-    fn build_notification(&self, req: &NewNotification, now: Timestamp) -> Result<(Notification, Option<User>), EngineError> {
+    fn build_notification(
+        &self,
+        req: &NewNotification,
+        now: Timestamp,
+    ) -> Result<(Notification, Option<User>), EngineError> {
         let adhoc_user = match &req.adhoc {
             Some(adhoc) => Some(adhoc.to_user(&req.owner, now)),
             None if self.users.contains_key(&req.owner) => None,
@@ -237,7 +255,13 @@ impl ShardState {
 
     /// Plans deliveries for the current step (all channels for `parallel`), settles the notification, and
     /// returns the jobs to dispatch after `writes` commit. `fresh`: the notification record is new or changed.
-    fn progress(&mut self, me: &ActorRef<ShardMsg>, id: &str, mut changed: bool, writes: &mut Vec<Write>) -> Vec<DeliveryJob> {
+    fn progress(
+        &mut self,
+        me: &ActorRef<ShardMsg>,
+        id: &str,
+        mut changed: bool,
+        writes: &mut Vec<Write>,
+    ) -> Vec<DeliveryJob> {
         let mut jobs = Vec::new();
         let Some(open) = self.open.get_mut(id) else { return jobs };
         let now = Timestamp::now();
@@ -291,7 +315,8 @@ impl ShardState {
         {
             let now = Timestamp::now();
             delivery.attempts = job.request.attempt;
-            let (status, kind, reason, retry_after) = classify(&result, job.request.attempt, self.ctx.settings.max_retries);
+            let (status, kind, reason, retry_after) =
+                classify(&result, job.request.attempt, self.ctx.settings.max_retries);
             if let Ok(Accepted::Delivered { provider_message_id } | Accepted::Sent { provider_message_id }) = &result
                 && provider_message_id.is_some()
             {
@@ -371,7 +396,9 @@ impl ShardState {
         let now = Timestamp::now();
         open.cancelled = true;
         let mut writes = Vec::new();
-        for delivery in open.deliveries.iter_mut().filter(|d| matches!(d.status, DeliveryStatus::Queued | DeliveryStatus::Retrying)) {
+        for delivery in
+            open.deliveries.iter_mut().filter(|d| matches!(d.status, DeliveryStatus::Queued | DeliveryStatus::Retrying))
+        {
             let not_handed = open
                 .handoffs
                 .get(&delivery.id)
@@ -398,7 +425,8 @@ impl ShardState {
             self.reopen(stored);
         }
         let open = self.open.get_mut(&id).expect("just opened");
-        let Some(delivery) = open.deliveries.iter_mut().find(|d| d.id == delivery_id && d.status == DeliveryStatus::Dead)
+        let Some(delivery) =
+            open.deliveries.iter_mut().find(|d| d.id == delivery_id && d.status == DeliveryStatus::Dead)
         else {
             return drop(reply.send(Err(EngineError::Conflict("delivery is not dead-lettered".into()))));
         };
@@ -453,7 +481,8 @@ impl ShardState {
         for d in &deliveries {
             self.by_delivery.insert(d.id.clone(), notification.id.clone());
         }
-        let adhoc_user = notification.user_id.is_none().then(|| User::new(notification.owner.clone(), notification.created_at));
+        let adhoc_user =
+            notification.user_id.is_none().then(|| User::new(notification.owner.clone(), notification.created_at));
         let open = Open {
             notification,
             deliveries,
@@ -553,7 +582,9 @@ fn classify(
                     (DeliveryStatus::Retrying, EventKind::Retry, reason, e.retry_after)
                 }
                 ErrorClass::Retryable => (DeliveryStatus::Dead, EventKind::DeadLettered, reason, None),
-                ErrorClass::Permanent | ErrorClass::Unregistered => (DeliveryStatus::Failed, EventKind::Failed, reason, None),
+                ErrorClass::Permanent | ErrorClass::Unregistered => {
+                    (DeliveryStatus::Failed, EventKind::Failed, reason, None)
+                }
                 ErrorClass::OptedOut => (DeliveryStatus::Filtered, EventKind::Filtered, reason, None),
             }
         }
@@ -590,7 +621,8 @@ mod tests {
         assert_eq!(classify(&err, 1, 3).0, DeliveryStatus::Retrying);
         assert_eq!(classify(&err, 3, 3).0, DeliveryStatus::Retrying);
         assert_eq!(classify(&err, 4, 3).0, DeliveryStatus::Dead);
-        let perm = Err(ProviderError::new(crate::domain::ProviderKind::Fcm, ErrorClass::Permanent, "INVALID_ARGUMENT", "bad"));
+        let perm =
+            Err(ProviderError::new(crate::domain::ProviderKind::Fcm, ErrorClass::Permanent, "INVALID_ARGUMENT", "bad"));
         assert_eq!(classify(&perm, 1, 3).0, DeliveryStatus::Failed);
         let opted = Err(ProviderError::new(crate::domain::ProviderKind::Twilio, ErrorClass::OptedOut, "21610", "stop"));
         assert_eq!(classify(&opted, 1, 3).0, DeliveryStatus::Filtered);

@@ -22,7 +22,8 @@ pub struct TestApp {
 /// Default test settings: everything on port 0, a temp store, fast retries.
 pub fn test_settings(dir: &TempDir) -> Settings {
     let config_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-    let mut s = Settings::load(&config_dir, "default", figment::providers::Env::prefixed("HERALD_TEST_UNSET__")).unwrap();
+    let mut s =
+        Settings::load(&config_dir, "default", figment::providers::Env::prefixed("HERALD_TEST_UNSET__")).unwrap();
     s.server.listen = "127.0.0.1:0".parse().unwrap();
     s.sandbox.listen = "127.0.0.1:0".parse().unwrap();
     s.sandbox.smtp_listen = "127.0.0.1:0".parse().unwrap();
@@ -75,8 +76,9 @@ impl TestApp {
 
     /// Creates a user with an e-mail, a phone and the given devices (`(token, platform)`).
     pub async fn user(&self, id: &str, devices: &[(&str, &str)]) {
-        let (status, body) =
-            self.put(&format!("/v1/users/{id}"), json!({"email": format!("{id}@example.com"), "phone": "010-1234-5678"})).await;
+        let (status, body) = self
+            .put(&format!("/v1/users/{id}"), json!({"email": format!("{id}@example.com"), "phone": "010-1234-5678"}))
+            .await;
         assert_eq!(status, 200, "{body}");
         for (token, platform) in devices {
             let (status, body) =
@@ -119,7 +121,11 @@ impl TestApp {
             if done(&record) {
                 return record;
             }
-            assert!(Instant::now() < deadline, "sandbox record never reached the expected state ({} messages)", record.len());
+            assert!(
+                Instant::now() < deadline,
+                "sandbox record never reached the expected state ({} messages)",
+                record.len()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

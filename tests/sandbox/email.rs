@@ -126,7 +126,7 @@ async fn a_pipelined_dialogue_with_dot_stuffing_is_understood() {
     let record = sandbox.handle.record();
     assert_eq!(record.len(), 1);
     assert_eq!(record[0].to, "b@example.com");
-    assert_eq!(record[0].body, "line one\r\n.starts with a dot\r\n");
+    assert_eq!(record[0].body, "line one\r\n.starts with a dot", "the final line break belongs to the encoding");
     assert_eq!((record[0].title.as_deref(), record[0].reference.as_deref()), (Some("dots"), Some("d-raw")));
 }
 

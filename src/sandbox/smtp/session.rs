@@ -183,8 +183,10 @@ pub(super) fn parse_message(data: &[u8]) -> Incoming {
     };
     // `body_text` / `body_html` convert between the two when a part is missing; the record wants the parts
     // exactly as sent, so look at the part types.
+    // A MIME part ends with the line break before its boundary (or the end of the message): that break belongs
+    // to the encoding, not to the text the sender wrote.
     let text = message.text_body.iter().find_map(|&id| match &message.part(id)?.body {
-        PartType::Text(text) => Some(text.to_string()),
+        PartType::Text(text) => Some(text.strip_suffix("\r\n").or(text.strip_suffix('\n')).unwrap_or(text).to_string()),
         _ => None,
     });
     let html = message.html_body.iter().find_map(|&id| match &message.part(id)?.body {
