@@ -1,0 +1,88 @@
+//! A first, closed-loop rate measurement: N clients send push notifications as fast as Herald acknowledges
+//! them; delivered/s counts what the sandbox accepted. See README.md for what this is not yet.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+struct Args {
+    /// Herald's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    herald: String,
+    /// The sandbox's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    sandbox: String,
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    #[arg(long, default_value_t = 20_000)]
+    total: u64,
+    #[arg(long, default_value_t = 64)]
+    concurrency: u64,
+}
+
+async fn push_accepted(http: &reqwest::Client, sandbox: &str) -> u64 {
+    let stats: Value = http.get(format!("{sandbox}/_sandbox/stats")).send().await.unwrap().json().await.unwrap();
+    stats["fcm"]["accepted"].as_u64().unwrap_or(0) + stats["apns"]["accepted"].as_u64().unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build().unwrap();
+    let run = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
+    for u in 0..args.users {
+        let user = format!("{}/v1/users/load-{u}", args.herald);
+        http.put(&user).json(&json!({})).send().await.unwrap().error_for_status().unwrap();
+        let device = json!({"token": format!("load-token-{u}"), "platform": "android"});
+        http.post(format!("{user}/devices")).json(&device).send().await.unwrap().error_for_status().unwrap();
+    }
+    let baseline = push_accepted(&http, &args.sandbox).await;
+    let next = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (http, next, refused) = (http.clone(), next.clone(), refused.clone());
+        let (url, users, total) = (format!("{}/v1/notifications", args.herald), args.users, args.total);
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let body = json!({"user_id": format!("load-{}", i as usize % users), "channels": ["push"],
+                                  "content": {"body": format!("load {run} {i}")}});
+                let status = http.post(&url).json(&body).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+                if status != 202 {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let accept_time = started.elapsed();
+    let accepted = args.total - refused.load(Ordering::Relaxed);
+    loop {
+        let delivered = push_accepted(&http, &args.sandbox).await - baseline;
+        if delivered >= accepted || started.elapsed() > accept_time * 10 + Duration::from_secs(30) {
+            let total_time = started.elapsed();
+            println!(
+                "sent {} | accepted {accepted} ({} refused) in {:.2}s = {:.0}/s | delivered {delivered} in {:.2}s = {:.0}/s",
+                args.total,
+                args.total - accepted,
+                accept_time.as_secs_f64(),
+                accepted as f64 / accept_time.as_secs_f64(),
+                total_time.as_secs_f64(),
+                delivered as f64 / total_time.as_secs_f64()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
