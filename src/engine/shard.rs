@@ -470,7 +470,9 @@ impl ShardState {
             }
             jobs.extend(self.progress(me, &id, false, &mut writes));
         }
-        tracing::info!(shard = self.index, open = self.open.len(), jobs = jobs.len(), "shard restored");
+        if !self.open.is_empty() {
+            tracing::info!(shard = self.index, open = self.open.len(), jobs = jobs.len(), "shard restored");
+        }
         let ctx = self.ctx.clone();
         self.ctx.store.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
     }
