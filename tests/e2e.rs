@@ -423,3 +423,33 @@ async fn health_readiness_and_metrics_answer() {
     assert!(text.contains("herald_queue_depth{provider=\"twilio\",lane=\"normal\"} 0"));
     app.running.stop().await;
 }
+
+#[tokio::test]
+async fn lanes_serve_critical_first_and_a_recipient_inherits_its_most_urgent_lane_but_keeps_fifo() {
+    // One slot at the provider, so the order in which queued jobs are handed out is the order the sandbox sees.
+    let app = spawn_app_with(|s| s.providers.limits.get_mut(&ProviderKind::Twilio).unwrap().max_in_flight = 1).await;
+    app.sandbox().set_faults(
+        ProviderKind::Twilio,
+        FaultSettings { latency_min_ms: 150, latency_max_ms: 150, ..Default::default() },
+    );
+    for user in ["u-a", "u-b", "u-x", "u-c"] {
+        app.user(user, &[]).await;
+    }
+    let send = |user: &str, priority: &str, body: &str| json!({"user_id": user, "channels": ["sms"], "priority": priority, "content": {"body": body}});
+    let mut ids = vec![app.send(send("u-a", "low", "a-low")).await]; // occupies the only slot
+    for (user, priority, body) in [
+        ("u-b", "low", "b-low"),
+        ("u-x", "low", "x-low"),
+        ("u-x", "critical", "x-critical"),
+        ("u-c", "critical", "c-critical"),
+    ] {
+        ids.push(app.send(send(user, priority, body)).await);
+    }
+    for id in &ids {
+        app.wait_final(id).await;
+    }
+    let bodies: Vec<String> = app.sandbox().record().into_iter().map(|m| m.body).collect();
+    // x-low rides the critical lane because x-critical waits behind it (inheritance), yet goes first (FIFO).
+    assert_eq!(bodies, ["a-low", "x-low", "c-critical", "x-critical", "b-low"]);
+    app.running.stop().await;
+}

@@ -68,6 +68,14 @@ impl ProviderError {
         ProviderError { provider, class, code: code.into(), message: message.into(), retry_after: None }
     }
 
+    /// Keeps the provider's `Retry-After` only where a retry makes sense.
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        if self.class == ErrorClass::Retryable {
+            self.retry_after = retry_after;
+        }
+        self
+    }
+
     /// A connection-level failure (refused, reset, timed out): retryable.
     pub fn transport(provider: ProviderKind, message: impl Into<String>) -> Self {
         ProviderError::new(provider, ErrorClass::Retryable, "transport", message)

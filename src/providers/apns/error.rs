@@ -102,12 +102,7 @@ impl ApnsError {
     }
 
     pub fn into_provider_error(self, message: impl Into<String>, retry_after: Option<Duration>) -> ProviderError {
-        let class = self.class();
-        let mut error = ProviderError::new(ProviderKind::Apns, class, self.code(), message);
-        if class == ErrorClass::Retryable {
-            error.retry_after = retry_after;
-        }
-        error
+        ProviderError::new(ProviderKind::Apns, self.class(), self.code(), message).with_retry_after(retry_after)
     }
 }
 

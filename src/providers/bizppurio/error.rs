@@ -106,12 +106,8 @@ impl BizppurioError {
         message: impl Into<String>,
         retry_after: Option<Duration>,
     ) -> ProviderError {
-        let class = self.class();
-        let mut error = ProviderError::new(ProviderKind::Bizppurio, class, self.code(status), message);
-        if class == ErrorClass::Retryable {
-            error.retry_after = retry_after;
-        }
-        error
+        ProviderError::new(ProviderKind::Bizppurio, self.class(), self.code(status), message)
+            .with_retry_after(retry_after)
     }
 }
 

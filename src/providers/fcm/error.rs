@@ -90,12 +90,7 @@ impl FcmError {
 
     /// The engine's view; `retry_after` is kept only where a retry makes sense.
     pub fn into_provider_error(self, message: impl Into<String>, retry_after: Option<Duration>) -> ProviderError {
-        let class = self.class();
-        let mut error = ProviderError::new(ProviderKind::Fcm, class, self.code(), message);
-        if class == ErrorClass::Retryable {
-            error.retry_after = retry_after;
-        }
-        error
+        ProviderError::new(ProviderKind::Fcm, self.class(), self.code(), message).with_retry_after(retry_after)
     }
 }
 

@@ -77,12 +77,7 @@ impl TwilioError {
         message: impl Into<String>,
         retry_after: Option<Duration>,
     ) -> ProviderError {
-        let class = self.class();
-        let mut error = ProviderError::new(ProviderKind::Twilio, class, self.code(status), message);
-        if class == ErrorClass::Retryable {
-            error.retry_after = retry_after;
-        }
-        error
+        ProviderError::new(ProviderKind::Twilio, self.class(), self.code(status), message).with_retry_after(retry_after)
     }
 }
 
