@@ -453,3 +453,27 @@ async fn lanes_serve_critical_first_and_a_recipient_inherits_its_most_urgent_lan
     assert_eq!(bodies, ["a-low", "x-low", "c-critical", "x-critical", "b-low"]);
     app.running.stop().await;
 }
+
+#[tokio::test]
+async fn alimtalk_is_sent_then_delivered_only_by_the_report_webhook() {
+    let app = spawn_app().await;
+    app.sandbox().set_faults(ProviderKind::Bizppurio, FaultSettings { report_delay_ms: 300, ..Default::default() });
+    app.user("u-kakao", &[]).await;
+    let template = json!({"channels": {"alimtalk": {"ko": {"body": "{{name}}님, 상담이 시작되었습니다", "templatecode": "T-001"}}}});
+    assert_eq!(app.put("/v1/templates/counsel", template).await.0, 200);
+    let id = app
+        .send(json!({"user_id": "u-kakao", "channels": ["alimtalk"], "template": {"id": "counsel", "params": {"name": "김"}}}))
+        .await;
+    // Bizppurio's 1000 answer means accepted: the delivery waits in `sent` for the report.
+    let sent = app.wait_notification(&id, |n| n["deliveries"][0]["status"] == "sent").await;
+    assert_eq!(sent["status"], "dispatching");
+    let n = app.wait_final(&id).await;
+    assert_eq!(n["status"], "completed");
+    let kinds: Vec<&str> =
+        n["deliveries"][0]["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["requested", "sent", "delivered"]);
+    let record = app.sandbox().record();
+    assert_eq!((record.len(), record[0].body.as_str()), (1, "김님, 상담이 시작되었습니다"));
+    assert_eq!(record[0].reference.as_deref(), n["deliveries"][0]["id"].as_str());
+    app.running.stop().await;
+}
