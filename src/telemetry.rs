@@ -104,14 +104,6 @@ impl Telemetry {
         tracing::warn!(%error, "store commit failed");
     }
 
-    pub fn queue_depth(&self, provider: ProviderKind) -> i64 {
-        self.queue_depth[provider.index()].iter().map(|d| d.load(Relaxed)).sum()
-    }
-
-    pub fn outcome_count(&self, provider: ProviderKind, outcome: Outcome) -> u64 {
-        self.outcomes[provider.index()][outcome as usize].load(Relaxed)
-    }
-
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);

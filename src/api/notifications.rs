@@ -18,7 +18,7 @@ use crate::domain::{
     Address, Category, Channel, Delivery, Event, Platform, Priority, Rendered, Strategy, normalize_email,
     normalize_phone,
 };
-use crate::engine::{AdHocRecipient, Message, NewNotification, stable_hash};
+use crate::engine::{AdHocRecipient, Message, NewNotification, StableHasher, stable_hash};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,8 +147,12 @@ fn validate(state: &AppState, body: SendBody, header_key: Option<String>) -> Res
         }
         _ => return Err(ApiError::invalid("user_id", "give exactly one of user_id and to")),
     };
-    let mut hash_parts: Vec<Vec<u8>> = vec![owner.clone().into_bytes(), body.category.as_str().into()];
-    hash_parts.extend(body.channels.iter().map(|c| c.as_str().as_bytes().to_vec()));
+    // Identity of the content for the 60 s duplicate window: recipient, category, channels and message.
+    let mut content = StableHasher::default();
+    content.part(owner.as_bytes()).part(body.category.as_str().as_bytes());
+    for channel in &body.channels {
+        content.part(channel.as_str().as_bytes());
+    }
     let message = match (body.template, body.content) {
         (Some(t), None) => {
             let template =
@@ -166,11 +170,10 @@ fn validate(state: &AppState, body: SendBody, header_key: Option<String>) -> Res
                         ));
                     }
                 };
-                hash_parts.push(name.as_bytes().to_vec());
-                hash_parts.push(text.as_bytes().to_vec());
+                content.part(name.as_bytes()).part(text.as_bytes());
                 params.insert(name, text);
             }
-            hash_parts.push(t.id.into_bytes());
+            content.part(t.id.as_bytes());
             Message::Template { template, params }
         }
         (None, Some(c)) => {
@@ -182,7 +185,7 @@ fn validate(state: &AppState, body: SendBody, header_key: Option<String>) -> Res
                 return Err(ApiError::invalid("content.body", "content is too long"));
             }
             for part in [c.title.as_deref(), Some(c.body.as_str()), c.html.as_deref()] {
-                hash_parts.push(part.unwrap_or("").as_bytes().to_vec());
+                content.part(part.unwrap_or("").as_bytes());
             }
             Message::Content(Arc::new(Rendered { title: c.title, body: c.body, html: c.html, template_code: None }))
         }
@@ -199,8 +202,7 @@ fn validate(state: &AppState, body: SendBody, header_key: Option<String>) -> Res
     if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
         return Err(ApiError::invalid("idempotency_key", "must be 1 to 255 characters"));
     }
-    let parts: Vec<&[u8]> = hash_parts.iter().map(Vec::as_slice).collect();
-    let content_hash = stable_hash(&parts);
+    let content_hash = content.finish();
     let request = NewNotification {
         owner,
         adhoc,

@@ -149,6 +149,17 @@ impl ProviderKind {
         }
     }
 
+    /// The providers a channel goes out through; the first is the one named on a `filtered` delivery.
+    pub fn for_channel(channel: Channel) -> &'static [ProviderKind] {
+        match channel {
+            Channel::Push => &[ProviderKind::Fcm, ProviderKind::Apns],
+            Channel::Email => &[ProviderKind::Smtp],
+            Channel::Sms => &[ProviderKind::Twilio],
+            Channel::Alimtalk => &[ProviderKind::Bizppurio],
+            Channel::InApp => &[ProviderKind::Inbox],
+        }
+    }
+
     /// The provider for a push token of this platform.
     pub fn for_platform(platform: Platform) -> ProviderKind {
         match platform {

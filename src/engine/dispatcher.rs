@@ -22,7 +22,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::config::DispatchLimits;
-use crate::domain::{DeliveryId, NotificationId, Priority, ProviderKind};
+use crate::domain::{NotificationId, Priority, ProviderKind};
 use crate::providers::{ErrorClass, Provider, ProviderError, SendRequest};
 use crate::telemetry::Telemetry;
 
@@ -49,9 +49,6 @@ pub struct DeliveryJob {
 }
 
 impl DeliveryJob {
-    pub fn delivery_id(&self) -> &DeliveryId {
-        &self.request.delivery_id
-    }
     fn priority(&self) -> Priority {
         self.request.priority
     }

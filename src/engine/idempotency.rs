@@ -35,16 +35,37 @@ pub enum Reservation {
     InProgress,
 }
 
-/// Stable 64-bit FNV-1a, so hashes survive restarts (unlike `RandomState`).
-pub fn stable_hash(parts: &[&[u8]]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for byte in part.iter().copied().chain([0xff]) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+/// Stable 64-bit FNV-1a over separated parts, so hashes survive restarts (unlike `RandomState`).
+pub struct StableHasher(u64);
+
+impl Default for StableHasher {
+    fn default() -> Self {
+        StableHasher(0xcbf2_9ce4_8422_2325)
     }
-    hash
+}
+
+impl StableHasher {
+    /// Adds one part; parts are separated, so `("ab", "c")` and `("a", "bc")` differ.
+    pub fn part(&mut self, bytes: &[u8]) -> &mut Self {
+        for byte in bytes.iter().copied().chain([0xff]) {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        self
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// [`StableHasher`] over `parts`.
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut hasher = StableHasher::default();
+    for part in parts {
+        hasher.part(part);
+    }
+    hasher.finish()
 }
 
 /// Keys currently remembered, striped by key hash.

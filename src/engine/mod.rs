@@ -31,7 +31,7 @@ use crate::telemetry::Telemetry;
 
 pub use dispatcher::{DeliveryJob, DispatcherHandle};
 pub use error::EngineError;
-pub use idempotency::{IdempotencyIndex, Reservation, stable_hash};
+pub use idempotency::{IdempotencyIndex, Reservation, StableHasher, stable_hash};
 pub use request::{AcceptReply, AdHocRecipient, Claim, Message, NewNotification, UserUpdate};
 use shard::{Shard, ShardArgs, ShardMsg};
 
@@ -60,10 +60,6 @@ impl EngineCtx {
         for job in jobs {
             self.dispatcher(job.provider).dispatch(job);
         }
-    }
-
-    fn owner_key(&self, owner: &str) -> Arc<str> {
-        Arc::from(owner)
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -216,16 +212,25 @@ impl Engine {
         &self.ctx.telemetry
     }
 
-    fn shard(&self, owner: &str) -> &ActorRef<ShardMsg> {
-        &self.shards[shard_index(owner, self.shards.len())]
+    fn shard(&self, owner: &str) -> usize {
+        shard_index(owner, self.shards.len())
     }
 
+    /// Asks the shard that owns `owner`.
     async fn call<T: Send + 'static>(
         &self,
         owner: &str,
         message: impl FnOnce(ractor::RpcReplyPort<T>) -> ShardMsg,
     ) -> Result<T, EngineError> {
-        match self.shard(owner).call(message, Some(self.call_timeout)).await {
+        self.call_shard(self.shard(owner), message).await
+    }
+
+    async fn call_shard<T: Send + 'static>(
+        &self,
+        shard: usize,
+        message: impl FnOnce(ractor::RpcReplyPort<T>) -> ShardMsg,
+    ) -> Result<T, EngineError> {
+        match self.shards[shard].call(message, Some(self.call_timeout)).await {
             Ok(ractor::rpc::CallResult::Success(value)) => Ok(value),
             Ok(ractor::rpc::CallResult::Timeout) => {
                 Err(EngineError::Unavailable("timed out waiting for the store".into()))
@@ -279,7 +284,8 @@ impl Engine {
         body_hash: u64,
         content_hash: u64,
     ) -> Result<AcceptReply, EngineError> {
-        self.admit(&request)?;
+        let shard = self.shard(&request.owner);
+        self.admit(shard, &request.channels)?;
         let now = Timestamp::now();
         let (key, ttl) = match &request.idempotency_key {
             Some(key) => (format!("key:{key}"), self.ctx.settings.idempotency_ttl_s),
@@ -299,10 +305,8 @@ impl Engine {
         }
         let expires_at = now.checked_add(Duration::from_secs(ttl)).unwrap_or(now);
         request.claims.push(Claim { key: key.clone(), body_hash, expires_at });
-        let index = shard_index(&request.owner, self.shards.len());
-        self.ctx.shard_pending[index].fetch_add(1, Ordering::Relaxed);
-        let owner = request.owner.clone();
-        let result = self.call(&owner, |reply| ShardMsg::Accept(Box::new(request), reply)).await;
+        self.ctx.shard_pending[shard].fetch_add(1, Ordering::Relaxed);
+        let result = self.call_shard(shard, |reply| ShardMsg::Accept(Box::new(request), reply)).await;
         match result {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => {
@@ -315,18 +319,11 @@ impl Engine {
     }
 
     /// Refuses work the engine cannot queue: 429 rather than unbounded memory.
-    fn admit(&self, request: &NewNotification) -> Result<(), EngineError> {
-        let index = shard_index(&request.owner, self.shards.len());
-        let shard_full = self.ctx.shard_pending[index].load(Ordering::Relaxed) >= self.ctx.settings.shard_pending_max;
-        let dispatcher_full = request.channels.iter().any(|channel| {
-            let kinds: &[ProviderKind] = match channel {
-                Channel::Push => &[ProviderKind::Fcm, ProviderKind::Apns],
-                Channel::Email => &[ProviderKind::Smtp],
-                Channel::Sms => &[ProviderKind::Twilio],
-                Channel::Alimtalk => &[ProviderKind::Bizppurio],
-                Channel::InApp => &[],
-            };
-            kinds.iter().any(|k| self.ctx.dispatchers[k.index()].as_ref().is_some_and(|d| d.is_full()))
+    fn admit(&self, shard: usize, channels: &[Channel]) -> Result<(), EngineError> {
+        let shard_full = self.ctx.shard_pending[shard].load(Ordering::Relaxed) >= self.ctx.settings.shard_pending_max;
+        let dispatcher_full = channels.iter().flat_map(|c| ProviderKind::for_channel(*c)).any(|k| {
+            // The in-app channel has no dispatcher.
+            self.ctx.dispatchers[k.index()].as_ref().is_some_and(|d| d.is_full())
         });
         if shard_full || dispatcher_full {
             self.ctx.telemetry.overloaded();
@@ -379,7 +376,7 @@ impl Engine {
             tracing::debug!(provider = report.provider.as_str(), "report for an unknown delivery");
             return Ok(());
         };
-        let _ = self.shard(&delivery.owner).cast(ShardMsg::Report(report));
+        let _ = self.shards[self.shard(&delivery.owner)].cast(ShardMsg::Report(report));
         Ok(())
     }
 

@@ -45,13 +45,7 @@ pub fn deliveries_for(
     let filtered = |provider, reason: &str| {
         delivery(provider, Address::Missing, DeliveryStatus::Filtered, EventKind::Filtered, Some(reason))
     };
-    let default_provider = match channel {
-        Channel::Push => ProviderKind::Fcm,
-        Channel::Email => ProviderKind::Smtp,
-        Channel::Sms => ProviderKind::Twilio,
-        Channel::Alimtalk => ProviderKind::Bizppurio,
-        Channel::InApp => ProviderKind::Inbox,
-    };
+    let default_provider = ProviderKind::for_channel(channel)[0];
     if !user.preferences.allows(notification.category, channel) {
         let reason = format!("preferences: {} disabled for {}", channel.as_str(), notification.category.as_str());
         return vec![filtered(default_provider, &reason)];

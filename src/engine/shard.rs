@@ -179,7 +179,6 @@ impl ShardState {
         for claim in &req.claims {
             writes.push(Write::PutIdempotency { key: claim.key.clone(), entry: claim.entry(&id) });
         }
-        let adhoc = adhoc_user.is_some();
         let open = Open {
             notification,
             deliveries: Vec::new(),
@@ -213,9 +212,6 @@ impl ShardState {
                 }
             }),
         );
-        if adhoc {
-            tracing::trace!("accepted a notification for an ad-hoc recipient");
-        }
     }
 
     /// Validates and renders a request into a notification record (no deliveries yet).
@@ -254,7 +250,7 @@ impl ShardState {
     }
 
     /// Plans deliveries for the current step (all channels for `parallel`), settles the notification, and
-    /// returns the jobs to dispatch after `writes` commit. `fresh`: the notification record is new or changed.
+    /// returns the jobs to dispatch after `writes` commit. `changed`: the notification record is new or changed.
     fn progress(
         &mut self,
         me: &ActorRef<ShardMsg>,
@@ -336,7 +332,7 @@ impl ShardState {
             if let Err(e) = &result
                 && e.class == ErrorClass::Unregistered
                 && let crate::domain::Address::Device { token, .. } = &delivery.address
-                && let Some(user) = self.users.get_mut(&owner.to_string())
+                && let Some(user) = self.users.get_mut(&*owner)
                 && user.remove_device(token)
             {
                 tracing::info!(token = %crate::domain::contact::mask(token), "removed a device the provider unregistered");
@@ -438,7 +434,7 @@ impl ShardState {
         open.notification.status = NotificationStatus::Dispatching;
         let delivery = delivery.clone();
         let mut writes = vec![Write::PutDelivery(Arc::new(delivery.clone()))];
-        let mut jobs = vec![job_for(open, &delivery, &self.ctx, me)];
+        let mut jobs = vec![job_for(open, &delivery, me)];
         jobs.extend(self.progress(me, &id, true, &mut writes));
         let ctx = self.ctx.clone();
         self.ctx.store.submit(
@@ -466,7 +462,7 @@ impl ShardState {
                 .cloned()
                 .collect();
             for d in &waiting {
-                jobs.push(job_for(open, d, &self.ctx, me));
+                jobs.push(job_for(open, d, me));
             }
             jobs.extend(self.progress(me, &id, false, &mut writes));
         }
@@ -538,7 +534,7 @@ fn plan_step(
             ctx.telemetry.outcome(d.provider, o);
         }
         if d.status == DeliveryStatus::Queued {
-            jobs.push(job_for(open, &d, ctx, me));
+            jobs.push(job_for(open, &d, me));
         }
         by_delivery.insert(d.id.clone(), open.notification.id.clone());
         writes.push(Write::PutDelivery(Arc::new(d.clone())));
@@ -547,7 +543,7 @@ fn plan_step(
 }
 
 /// A dispatcher job for a queued delivery; registers its hand-off flag so it can be cancelled.
-fn job_for(open: &mut Open, d: &Delivery, ctx: &EngineCtx, me: &ActorRef<ShardMsg>) -> DeliveryJob {
+fn job_for(open: &mut Open, d: &Delivery, me: &ActorRef<ShardMsg>) -> DeliveryJob {
     let handoff = Arc::new(AtomicU8::new(QUEUED));
     open.handoffs.insert(d.id.clone(), handoff.clone());
     let content = open.notification.content(d.channel).cloned().unwrap_or_default();
@@ -560,7 +556,7 @@ fn job_for(open: &mut Open, d: &Delivery, ctx: &EngineCtx, me: &ActorRef<ShardMs
             attempt: d.attempts,
         },
         notification_id: open.notification.id.clone(),
-        owner: ctx.owner_key(&d.owner),
+        owner: Arc::from(d.owner.as_str()),
         provider: d.provider,
         accepted_at: open.accepted_at,
         handoff,
