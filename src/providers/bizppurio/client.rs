@@ -90,18 +90,26 @@ impl BizppurioClient {
         self.tokens.bearer(|| self.fetch_token()).await
     }
 
-    async fn fetch_token(&self) -> Result<CachedToken, Refusal> {
-        let sent = self
-            .http
-            .post(self.token_url.clone())
-            .header(AUTHORIZATION, self.basic.clone())
-            .header(CONTENT_TYPE, JSON_UTF8)
-            .send()
-            .await;
-        let response = sent.map_err(|e| Refusal::new(BizppurioError::Transport, http::describe(e)))?;
+    /// POSTs to Bizppurio and reads the answer: status, `RateLimit-Reset` wait and body.
+    async fn exchange(
+        &self,
+        url: &reqwest::Url,
+        authorization: &HeaderValue,
+        body: Option<Bytes>,
+    ) -> Result<(u16, Option<Duration>, Bytes), Refusal> {
+        let mut request =
+            self.http.post(url.clone()).header(AUTHORIZATION, authorization.clone()).header(CONTENT_TYPE, JSON_UTF8);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.map_err(|e| Refusal::new(BizppurioError::Transport, http::describe(e)))?;
         let status = response.status().as_u16();
         let retry_after = rate_limit_wait(response.headers());
-        let bytes = response.bytes().await.unwrap_or_default();
+        Ok((status, retry_after, response.bytes().await.unwrap_or_default()))
+    }
+
+    async fn fetch_token(&self) -> Result<CachedToken, Refusal> {
+        let (status, retry_after, bytes) = self.exchange(&self.token_url, &self.basic, None).await?;
         if !(200..300).contains(&status) {
             let mut refusal = classify(status, &bytes, retry_after);
             refusal.message = format!("token request refused: {}", refusal.message);
@@ -119,18 +127,7 @@ impl BizppurioClient {
     }
 
     async fn post_message(&self, bearer: &HeaderValue, body: Bytes) -> Result<Accepted, Refusal> {
-        let sent = self
-            .http
-            .post(self.message_url.clone())
-            .header(AUTHORIZATION, bearer.clone())
-            .header(CONTENT_TYPE, JSON_UTF8)
-            .body(body)
-            .send()
-            .await;
-        let response = sent.map_err(|e| Refusal::new(BizppurioError::Transport, http::describe(e)))?;
-        let status = response.status().as_u16();
-        let retry_after = rate_limit_wait(response.headers());
-        let bytes = response.bytes().await.unwrap_or_default();
+        let (status, retry_after, bytes) = self.exchange(&self.message_url, bearer, Some(body)).await?;
         if (200..300).contains(&status) {
             let Ok(answer) = serde_json::from_slice::<MessageAnswer>(&bytes) else {
                 return Ok(Accepted::Sent { provider_message_id: None });
