@@ -102,6 +102,13 @@ pub struct DispatchLimits {
 pub struct ProvidersSettings {
     /// Request timeout for provider HTTP calls.
     pub timeout_ms: u64,
+    /// A PEM file of extra root certificates every provider client trusts (e.g. the sandbox's CA when it runs in
+    /// another process); empty: the system's roots only.
+    #[serde(default)]
+    pub extra_root_ca_file: String,
+    /// Extra roots handed over in-process (the in-process sandbox's CA); never read from configuration.
+    #[serde(skip)]
+    pub extra_root_ca_pem: Option<String>,
     pub limits: BTreeMap<ProviderKind, DispatchLimits>,
     pub fcm: crate::providers::fcm::FcmSettings,
     pub apns: crate::providers::apns::ApnsSettings,

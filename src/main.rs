@@ -51,6 +51,9 @@ struct ServeArgs {
     /// Address of the in-process sandbox's SMTP side.
     #[arg(long)]
     sandbox_smtp_listen: Option<SocketAddr>,
+    /// Address of the in-process sandbox's HTTPS side (FCM and APNs over TLS).
+    #[arg(long)]
+    sandbox_tls_listen: Option<SocketAddr>,
     /// Do not start the sandbox; use the configured providers.
     #[arg(long)]
     no_sandbox: bool,
@@ -66,6 +69,12 @@ struct SandboxArgs {
     /// SMTP address.
     #[arg(long)]
     smtp_listen: Option<SocketAddr>,
+    /// HTTPS address (HTTP/2 or HTTP/1.1).
+    #[arg(long)]
+    tls_listen: Option<SocketAddr>,
+    /// Write the sandbox's generated CA certificate (PEM) here, for engines in other processes to trust.
+    #[arg(long)]
+    ca_out: Option<String>,
     /// Where to POST Bizppurio delivery reports (e.g. http://127.0.0.1:8080/webhooks/alimtalk).
     #[arg(long, default_value = "")]
     report_url: String,
@@ -105,6 +114,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.sandbox_smtp_listen {
         settings.sandbox.smtp_listen = listen;
     }
+    if let Some(listen) = args.sandbox_tls_listen {
+        settings.sandbox.tls_listen = listen;
+    }
     if args.no_sandbox {
         settings.sandbox.enabled = false;
     }
@@ -113,7 +125,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let base = running.base_url();
     println!("herald listening on {base}");
     if let Some(sandbox) = &running.sandbox {
-        println!("sandbox listening on http://{} (smtp {})", sandbox.http_addr(), sandbox.smtp_addr());
+        println!(
+            "sandbox listening on http://{} (https {}, smtp {})",
+            sandbox.http_addr(),
+            sandbox.tls_addr(),
+            sandbox.smtp_addr()
+        );
         println!("sandbox record: http://{}/_sandbox/messages", sandbox.http_addr());
     }
     println!("try:");
@@ -138,8 +155,19 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.smtp_listen {
         settings.smtp_listen = listen;
     }
+    if let Some(listen) = args.tls_listen {
+        settings.tls_listen = listen;
+    }
+    if let Some(path) = args.ca_out {
+        settings.ca_out = path;
+    }
     let handle = herald::sandbox::start(&settings, args.report_url).await.context("starting the sandbox")?;
-    println!("sandbox listening on http://{} (smtp {})", handle.http_addr(), handle.smtp_addr());
+    println!(
+        "sandbox listening on http://{} (https {}, smtp {})",
+        handle.http_addr(),
+        handle.tls_addr(),
+        handle.smtp_addr()
+    );
     let shutdown = CancellationToken::new();
     wait_for_signal(&shutdown).await;
     handle.shutdown();

@@ -54,9 +54,11 @@ pub async fn serve(mut settings: Settings, shutdown: CancellationToken) -> anyho
         let report_url = format!("{public_url}/webhooks/alimtalk");
         let handle = sandbox::start(&settings.sandbox, report_url).await.context("starting the sandbox")?;
         let base = format!("http://{}", handle.http_addr());
+        let tls_base = format!("https://{}", handle.tls_addr());
         let providers = &mut settings.providers;
+        providers.extra_root_ca_pem = Some(handle.ca_pem().to_string());
         providers.fcm.base_url = base.clone();
-        providers.apns.base_url = base.clone();
+        providers.apns.base_url = tls_base;
         providers.twilio.base_url = base.clone();
         providers.bizppurio.base_url = base;
         providers.smtp.host = handle.smtp_addr().ip().to_string();

@@ -26,21 +26,36 @@ fn herald() -> Command {
     cmd
 }
 
-fn start_sandbox(http: u16, smtp: u16) -> Child {
+/// The sandbox's ports: plain HTTP, SMTP, HTTPS.
+#[derive(Clone, Copy)]
+struct SandboxPorts {
+    http: u16,
+    smtp: u16,
+    tls: u16,
+}
+
+fn start_sandbox(ports: SandboxPorts, ca_out: &Path) -> Child {
+    let listen = |port: u16| format!("127.0.0.1:{port}");
     herald()
-        .args(["sandbox", "--listen", &format!("127.0.0.1:{http}"), "--smtp-listen", &format!("127.0.0.1:{smtp}")])
+        .args(["sandbox", "--listen", &listen(ports.http), "--smtp-listen", &listen(ports.smtp)])
+        .args(["--tls-listen", &listen(ports.tls)])
+        .arg("--ca-out")
+        .arg(ca_out)
         .spawn()
         .expect("sandbox starts")
 }
 
-fn start_herald(port: u16, data: &Path, sandbox: u16, smtp: u16) -> Child {
-    let base = format!("http://127.0.0.1:{sandbox}");
+fn start_herald(port: u16, data: &Path, sandbox: SandboxPorts, ca_file: &Path) -> Child {
+    let base = format!("http://127.0.0.1:{}", sandbox.http);
+    let tls_base = format!("https://127.0.0.1:{}", sandbox.tls);
+    let smtp = sandbox.smtp;
     herald()
         .args(["serve", "--no-sandbox", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data)
-        .env("HERALD__PROVIDERS__FCM__BASE_URL", &base)
-        .env("HERALD__PROVIDERS__APNS__BASE_URL", &base)
+        .env("HERALD__PROVIDERS__EXTRA_ROOT_CA_FILE", ca_file)
+        .env("HERALD__PROVIDERS__FCM__BASE_URL", &tls_base)
+        .env("HERALD__PROVIDERS__APNS__BASE_URL", &tls_base)
         .env("HERALD__PROVIDERS__TWILIO__BASE_URL", &base)
         .env("HERALD__PROVIDERS__BIZPPURIO__BASE_URL", &base)
         .env("HERALD__PROVIDERS__SMTP__PORT", smtp.to_string())
@@ -67,17 +82,20 @@ async fn record(http: &reqwest::Client, sandbox: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_notification_survives_a_kill_9() {
     let data = tempfile::TempDir::new().unwrap();
-    let (sandbox_port, smtp_port, port) = (free_port(), free_port(), free_port());
-    let sandbox_url = format!("http://127.0.0.1:{sandbox_port}");
+    let sandbox = SandboxPorts { http: free_port(), smtp: free_port(), tls: free_port() };
+    let port = free_port();
+    let ca_file = data.path().join("sandbox-ca.pem");
+    let sandbox_url = format!("http://127.0.0.1:{}", sandbox.http);
     let base = format!("http://127.0.0.1:{port}");
+    herald::sandbox::install_crypto_provider();
     let http = reqwest::Client::new();
 
-    let _sandbox = start_sandbox(sandbox_port, smtp_port);
+    let _sandbox = start_sandbox(sandbox, &ca_file);
     wait_healthy(&http, &format!("{sandbox_url}/_sandbox/messages")).await;
     let faults = json!({"latency_min_ms": 1, "latency_max_ms": 20});
     http.put(format!("{sandbox_url}/_sandbox/faults/fcm")).json(&faults).send().await.unwrap();
 
-    let mut herald_proc = start_herald(port, data.path(), sandbox_port, smtp_port);
+    let mut herald_proc = start_herald(port, data.path(), sandbox, &ca_file);
     wait_healthy(&http, &format!("{base}/healthz")).await;
     for u in 0..USERS {
         let user = format!("{base}/v1/users/crash-{u}");
@@ -116,7 +134,7 @@ async fn every_acknowledged_notification_survives_a_kill_9() {
     let at_kill = record(&http, &sandbox_url).await.len();
     assert!(at_kill < acked.len(), "the kill must land mid-flight (delivered {at_kill} of {})", acked.len());
 
-    let mut herald_proc = start_herald(port, data.path(), sandbox_port, smtp_port);
+    let mut herald_proc = start_herald(port, data.path(), sandbox, &ca_file);
     wait_healthy(&http, &format!("{base}/healthz")).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let (messages, counts) = loop {

@@ -65,6 +65,8 @@ pub fn settings(seed: u64, faults: BTreeMap<ProviderKind, FaultSettings>) -> San
         enabled: true,
         listen: "127.0.0.1:0".parse().unwrap(),
         smtp_listen: "127.0.0.1:0".parse().unwrap(),
+        tls_listen: "127.0.0.1:0".parse().unwrap(),
+        ca_out: String::new(),
         report_url: String::new(),
         seed,
         faults,

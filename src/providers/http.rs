@@ -14,17 +14,35 @@ use super::{BuildError, ErrorClass};
 const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The one HTTP client the providers share (HTTP/1.1, plain; TLS and HTTP/2 for APNs come later).
-pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, BuildError> {
-    reqwest::Client::builder()
+/// The HTTP client the providers share: pooled, rustls (ring) trusting the system roots plus `extra_roots`;
+/// HTTP/2 where the server offers it by ALPN (FCM, APNs), HTTP/1.1 otherwise (plain `http://` included).
+pub(crate) fn client(timeout: Duration, extra_roots: &[reqwest::Certificate]) -> Result<reqwest::Client, BuildError> {
+    crate::sandbox::install_crypto_provider();
+    let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_nodelay(true)
-        .http1_only()
-        .build()
-        .map_err(|e| BuildError::Http(e.to_string()))
+        .http2_adaptive_window(true);
+    for root in extra_roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    builder.build().map_err(|e| BuildError::Http(e.to_string()))
+}
+
+/// The extra trusted roots: the configured PEM file, then the in-process sandbox's CA.
+pub(crate) fn extra_roots(file: &str, pem: Option<&str>) -> Result<Vec<reqwest::Certificate>, BuildError> {
+    let invalid = |message: String| BuildError::invalid("tls", "extra_root_ca_file", message);
+    let mut roots = Vec::new();
+    if !file.is_empty() {
+        let bytes = std::fs::read(file).map_err(|e| invalid(format!("`{file}`: {e}")))?;
+        roots.extend(reqwest::Certificate::from_pem_bundle(&bytes).map_err(|e| invalid(format!("`{file}`: {e}")))?);
+    }
+    if let Some(pem) = pem {
+        roots.extend(reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| invalid(e.to_string()))?);
+    }
+    Ok(roots)
 }
 
 /// A configured base URL without its trailing slashes, refusing what is not `http(s)://…`.

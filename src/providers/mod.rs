@@ -145,7 +145,8 @@ pub enum WebhookError {
 /// Must be called inside a Tokio runtime (the SMTP pool starts its cleanup task).
 pub fn build(settings: &ProvidersSettings, callback_base: &str) -> Result<Vec<Arc<dyn Provider>>, BuildError> {
     let timeout = Duration::from_millis(settings.timeout_ms.max(1));
-    let http = http::client(timeout)?;
+    let roots = http::extra_roots(&settings.extra_root_ca_file, settings.extra_root_ca_pem.as_deref())?;
+    let http = http::client(timeout, &roots)?;
     let apns_token = Arc::new(apns::StaticProviderToken::new(settings.apns.provider_token.expose())?);
     Ok(vec![
         Arc::new(fcm::FcmClient::new(http.clone(), &settings.fcm)?),
@@ -182,6 +183,7 @@ pub(crate) fn log_refusal(error: &ProviderError, metric_label: &'static str, rec
 
 pub mod apns;
 pub mod bizppurio;
+pub mod dev_credentials;
 pub mod fcm;
 mod http;
 pub mod smtp;

@@ -144,5 +144,5 @@ pub fn request(address: Address, title: Option<&str>, body: &str, priority: Prio
 }
 
 pub fn http_client() -> reqwest::Client {
-    super::http::client(std::time::Duration::from_secs(5)).unwrap()
+    super::http::client(std::time::Duration::from_secs(5), &[]).unwrap()
 }

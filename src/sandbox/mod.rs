@@ -26,6 +26,7 @@ mod reports;
 mod settings;
 mod smtp;
 mod stats;
+mod tls;
 mod twilio;
 
 use std::io;
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use record::ReceivedMessage;
 pub use settings::{FaultSettings, SandboxSettings};
+pub use tls::install_crypto_provider;
 
 use crate::domain::ProviderKind;
 
@@ -61,6 +63,8 @@ pub struct SandboxHandle {
     state: Arc<SandboxState>,
     http_addr: SocketAddr,
     smtp_addr: SocketAddr,
+    tls_addr: SocketAddr,
+    ca_pem: String,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -69,16 +73,25 @@ pub struct SandboxHandle {
 /// to `report_url` (the engine's `/webhooks/alimtalk`); with both empty, or a URL off this host, no reports are
 /// sent. Fails on invalid fault settings (`InvalidInput`) or when a listener cannot bind.
 pub async fn start(settings: &SandboxSettings, report_url: String) -> io::Result<SandboxHandle> {
+    tls::install_crypto_provider();
     let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
     let faults = faults::Faults::new(settings.seed, &settings.faults).map_err(invalid)?;
     let report_url = if settings.report_url.is_empty() { report_url } else { settings.report_url.clone() };
     let cancel = CancellationToken::new();
     let reports = reports::Reporter::new(&report_url).map_err(invalid)?;
 
+    let tls = tls::SandboxTls::generate().map_err(io::Error::other)?;
+    let https_config = tls.server_config(&[b"h2", b"http/1.1"]).map_err(io::Error::other)?;
+    if !settings.ca_out.is_empty() {
+        std::fs::write(&settings.ca_out, tls.ca_pem())?;
+    }
+
     let http_listener = TcpListener::bind(settings.listen).await?;
     let smtp_listener = TcpListener::bind(settings.smtp_listen).await?;
+    let tls_listener = TcpListener::bind(settings.tls_listen).await?;
     let http_addr = http_listener.local_addr()?;
     let smtp_addr = smtp_listener.local_addr()?;
+    let tls_addr = tls_listener.local_addr()?;
 
     let state = Arc::new(SandboxState {
         record: record::Record::default(),
@@ -90,6 +103,7 @@ pub async fn start(settings: &SandboxSettings, report_url: String) -> io::Result
     });
 
     let router = http::router(state.clone());
+    let tls_task = tokio::spawn(tls::serve(tls_listener, https_config, router.clone(), cancel.clone()));
     let http_cancel = cancel.clone();
     let http_task = tokio::spawn(async move {
         let served = axum::serve(http_listener, router).with_graceful_shutdown(http_cancel.cancelled_owned()).await;
@@ -98,15 +112,26 @@ pub async fn start(settings: &SandboxSettings, report_url: String) -> io::Result
         }
     });
     let smtp_task = tokio::spawn(smtp::serve(smtp_listener, state.clone()));
-    tracing::info!(%http_addr, %smtp_addr, "sandbox listening");
+    tracing::info!(%http_addr, %tls_addr, %smtp_addr, "sandbox listening");
 
-    Ok(SandboxHandle { state, http_addr, smtp_addr, tasks: Mutex::new(vec![http_task, smtp_task]) })
+    let tasks = Mutex::new(vec![http_task, tls_task, smtp_task]);
+    Ok(SandboxHandle { state, http_addr, smtp_addr, tls_addr, ca_pem: tls.ca_pem().to_string(), tasks })
 }
 
 impl SandboxHandle {
     /// Where the HTTP providers and `/_sandbox/*` answer.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the same providers answer over TLS (HTTP/2 or HTTP/1.1): FCM and APNs are reached here.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addr
+    }
+
+    /// The PEM certificate of the authority that signed the sandbox's TLS certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 
     /// Where the SMTP server answers.

@@ -15,6 +15,11 @@ pub struct SandboxSettings {
     /// HTTP address (FCM, APNs, Twilio, Bizppurio and `/_sandbox/*`).
     pub listen: SocketAddr,
     pub smtp_listen: SocketAddr,
+    /// HTTPS address (HTTP/2 or HTTP/1.1 by ALPN) serving the same providers: FCM and APNs are reached here.
+    pub tls_listen: SocketAddr,
+    /// Where to write the generated CA certificate (PEM) for engines in other processes; empty: not written.
+    #[serde(default)]
+    pub ca_out: String,
     /// Where Bizppurio delivery reports are POSTed; empty: the engine's `/webhooks/alimtalk`.
     #[serde(default)]
     pub report_url: String,

@@ -27,6 +27,7 @@ pub fn test_settings(dir: &TempDir) -> Settings {
     s.server.listen = "127.0.0.1:0".parse().unwrap();
     s.sandbox.listen = "127.0.0.1:0".parse().unwrap();
     s.sandbox.smtp_listen = "127.0.0.1:0".parse().unwrap();
+    s.sandbox.tls_listen = "127.0.0.1:0".parse().unwrap();
     s.store.data_dir = dir.path().join("data");
     s.engine.retry_base_ms = 10;
     s.engine.retry_max_ms = 100;
