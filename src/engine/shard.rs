@@ -576,10 +576,12 @@ fn classify(
         Err(e) => {
             let reason = Some(format!("{}: {}", e.code, e.message));
             match e.class {
-                ErrorClass::Retryable if attempt <= max_retries => {
+                ErrorClass::Retryable | ErrorClass::RateLimited if attempt <= max_retries => {
                     (DeliveryStatus::Retrying, EventKind::Retry, reason, e.retry_after)
                 }
-                ErrorClass::Retryable => (DeliveryStatus::Dead, EventKind::DeadLettered, reason, None),
+                ErrorClass::Retryable | ErrorClass::RateLimited => {
+                    (DeliveryStatus::Dead, EventKind::DeadLettered, reason, None)
+                }
                 ErrorClass::Permanent | ErrorClass::Unregistered => {
                     (DeliveryStatus::Failed, EventKind::Failed, reason, None)
                 }

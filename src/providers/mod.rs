@@ -42,12 +42,22 @@ pub enum Accepted {
 pub enum ErrorClass {
     /// Try again after backoff (or `retry_after`).
     Retryable,
+    /// The provider is rate limiting us as a whole (HTTP 429 and its codes): retry this delivery, and send
+    /// nothing more to the provider until `retry_after` (or a default pause) has passed.
+    RateLimited,
     /// Never going to work: fail the delivery.
     Permanent,
     /// The device token is dead: fail the delivery and remove the device.
     Unregistered,
     /// The recipient opted out at the provider: the delivery is `filtered`.
     OptedOut,
+}
+
+impl ErrorClass {
+    /// Whether the delivery is tried again (within its retry budget).
+    pub fn is_retried(self) -> bool {
+        matches!(self, ErrorClass::Retryable | ErrorClass::RateLimited)
+    }
 }
 
 /// A classified provider failure. `code` is the provider's own (e.g. `UNREGISTERED`, `21211`) for the timeline
@@ -61,18 +71,26 @@ pub struct ProviderError {
     pub message: String,
     /// The provider asked us to wait at least this long before the next request.
     pub retry_after: Option<Duration>,
+    /// A configuration problem an operator must fix (bad credentials, revoked key): counted on the alert metric.
+    pub alert: bool,
 }
 
 impl ProviderError {
     pub fn new(provider: ProviderKind, class: ErrorClass, code: impl Into<String>, message: impl Into<String>) -> Self {
-        ProviderError { provider, class, code: code.into(), message: message.into(), retry_after: None }
+        ProviderError { provider, class, code: code.into(), message: message.into(), retry_after: None, alert: false }
     }
 
     /// Keeps the provider's `Retry-After` only where a retry makes sense.
     pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
-        if self.class == ErrorClass::Retryable {
+        if self.class.is_retried() {
             self.retry_after = retry_after;
         }
+        self
+    }
+
+    /// Marks the failure as one an operator must act on (see [`ProviderError::alert`]).
+    pub fn alerting(mut self) -> Self {
+        self.alert = true;
         self
     }
 
