@@ -85,6 +85,9 @@ pub struct EngineSettings {
     pub dedupe_window_s: u64,
     /// Seconds a client is told to wait on 429.
     pub retry_after_s: u64,
+    /// A delivery the provider accepted (`sent`) fails with `report_timeout` if no delivery report arrives
+    /// within this long (the report was lost); a late report then changes nothing.
+    pub report_timeout_ms: u64,
 }
 
 /// Rate and concurrency limits of one provider's dispatcher.

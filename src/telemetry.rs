@@ -66,11 +66,30 @@ pub struct Telemetry {
     latency_sum_ms: [AtomicU64; PROVIDERS],
     rejected_overload: AtomicU64,
     store_errors: AtomicU64,
+    provider_pauses: [AtomicU64; PROVIDERS],
+    provider_alerts: [AtomicU64; PROVIDERS],
+    report_timeouts: [AtomicU64; PROVIDERS],
 }
 
 impl Telemetry {
     pub fn accepted(&self, channel: Channel) {
         self.accepted[channel as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A provider rate-limited us and its dispatcher paused.
+    pub fn provider_paused(&self, provider: ProviderKind) {
+        self.provider_pauses[provider.index()].fetch_add(1, Relaxed);
+    }
+
+    /// A provider refused us for a reason an operator must fix (credentials, revoked key); logged once per event.
+    pub fn provider_alert(&self, provider: ProviderKind, code: &str) {
+        self.provider_alerts[provider.index()].fetch_add(1, Relaxed);
+        tracing::error!(provider = provider.as_str(), code, "provider refused our credentials or configuration");
+    }
+
+    /// A delivery waited for its delivery report longer than `engine.report_timeout_ms` and was failed.
+    pub fn report_timeout(&self, provider: ProviderKind) {
+        self.report_timeouts[provider.index()].fetch_add(1, Relaxed);
     }
 
     pub fn outcome(&self, provider: ProviderKind, outcome: Outcome) {
@@ -162,6 +181,16 @@ impl Telemetry {
                 self.latency_sum_ms[p.index()].load(Relaxed)
             );
             let _ = writeln!(out, "herald_provider_latency_ms_count{{provider=\"{}\"}} {cumulative}", p.as_str());
+        }
+        for (name, counters) in [
+            ("herald_provider_pauses_total", &self.provider_pauses),
+            ("herald_provider_alerts_total", &self.provider_alerts),
+            ("herald_report_timeouts_total", &self.report_timeouts),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for p in ProviderKind::ALL {
+                let _ = writeln!(out, "{name}{{provider=\"{}\"}} {}", p.as_str(), counters[p.index()].load(Relaxed));
+            }
         }
         out.push_str("# TYPE herald_rejected_overload_total counter\n");
         let _ = writeln!(out, "herald_rejected_overload_total {}", self.rejected_overload.load(Relaxed));

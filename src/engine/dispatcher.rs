@@ -8,12 +8,15 @@
 //!   its most urgent queued job (priority inheritance), so a critical message is not stuck behind a low lane.
 //! - A job is "in flight" from hand-off until the shard has durably recorded its outcome and released it; the
 //!   in-flight cap therefore bounds the provider-side duplicates a crash can cause.
+//! - A rate-limit answer (`ErrorClass::RateLimited`, e.g. HTTP 429) pauses the whole provider until its
+//!   `Retry-After` has passed, counted from when the answer arrived. After a pause one probe request goes out
+//!   alone; the provider gets its full in-flight cap back only once an answer other than a rate limit arrives.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -64,7 +67,16 @@ pub enum DispatcherMsg {
     RetryDue(DeliveryJob),
     /// The token bucket has tokens again.
     Wake,
+    /// The provider answered a rate limit: send nothing for this long (from now).
+    Pause(Duration),
+    /// A pause is over, or a probe after it got a real answer: pump again.
+    Resume,
 }
+
+/// Pause used when a rate-limit answer names no `Retry-After`.
+const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
+/// A provider's `Retry-After` is honoured up to this long; a longer one is taken as a typo, not a plan.
+const MAX_PAUSE: Duration = Duration::from_secs(300);
 
 /// A handle the rest of the engine uses to reach one dispatcher and read its load.
 #[derive(Clone)]
@@ -121,6 +133,12 @@ pub struct DispatcherState {
     lanes: [VecDeque<Arc<str>>; 4],
     keys: HashMap<Arc<str>, KeyQueue>,
     wake_pending: bool,
+    /// Nothing is handed out before this instant (a rate-limit pause).
+    paused_until: Option<Instant>,
+    /// The instant a [`DispatcherMsg::Resume`] is already scheduled for.
+    resume_at: Option<Instant>,
+    /// Set by a pause, cleared by the first answer that is not a rate limit; while set, one send at a time.
+    probing: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
     telemetry: Arc<Telemetry>,
 }
@@ -146,6 +164,9 @@ impl Actor for Dispatcher {
             lanes: Default::default(),
             keys: HashMap::new(),
             wake_pending: false,
+            paused_until: None,
+            resume_at: None,
+            probing: Arc::new(AtomicBool::new(false)),
             queued: args.queued,
             telemetry: args.telemetry,
         })
@@ -165,6 +186,8 @@ impl Actor for Dispatcher {
                 state.enqueue(job, true);
             }
             DispatcherMsg::Wake => state.wake_pending = false,
+            DispatcherMsg::Pause(wait) => state.pause(wait),
+            DispatcherMsg::Resume => state.resume_at = None,
         }
         state.pump(&myself);
         Ok(())
@@ -211,9 +234,47 @@ impl DispatcherState {
         list(&mut self.lanes, key, owner, lane_of(&key.jobs));
     }
 
+    fn pause(&mut self, wait: Duration) {
+        let until = Instant::now() + wait.min(MAX_PAUSE);
+        if self.paused_until.is_none_or(|current| current < until) {
+            self.paused_until = Some(until);
+        }
+        if !self.probing.swap(true, Ordering::AcqRel) {
+            self.telemetry.provider_paused(self.kind);
+            tracing::warn!(
+                provider = self.kind.as_str(),
+                pause_ms = wait.as_millis() as u64,
+                "provider rate limit: pausing sends"
+            );
+        }
+    }
+
+    /// Whether a rate-limit pause still holds; if so, makes sure a [`DispatcherMsg::Resume`] comes at its end.
+    fn paused(&mut self, myself: &ActorRef<DispatcherMsg>) -> bool {
+        let Some(until) = self.paused_until else { return false };
+        if Instant::now() >= until {
+            self.paused_until = None;
+            return false;
+        }
+        if self.resume_at != Some(until) {
+            self.resume_at = Some(until);
+            let me = myself.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(until.into()).await;
+                let _ = me.cast(DispatcherMsg::Resume);
+            });
+        }
+        true
+    }
+
     /// Hands out jobs while there is in-flight room, a token, and a ready key.
     fn pump(&mut self, myself: &ActorRef<DispatcherMsg>) {
-        while self.in_flight < self.max_in_flight {
+        if self.paused(myself) {
+            return;
+        }
+        // After a pause, one probe at a time until the provider answers something other than a rate limit.
+        let cap = if self.probing.load(Ordering::Acquire) { 1 } else { self.max_in_flight };
+        while self.in_flight < cap {
             let Some(lane) = self.lanes.iter().position(|l| !l.is_empty()) else { return };
             let owner = self.lanes[lane].pop_front().expect("lane checked non-empty");
             let Some(key) = self.keys.get_mut(&owner) else { continue };
@@ -253,20 +314,33 @@ impl DispatcherState {
             key.busy = true;
             self.in_flight += 1;
             self.telemetry.in_flight_changed(self.kind, 1);
-            self.spawn_send(job);
+            self.spawn_send(myself, job);
         }
     }
 
-    fn spawn_send(&self, mut job: DeliveryJob) {
+    fn spawn_send(&self, myself: &ActorRef<DispatcherMsg>, mut job: DeliveryJob) {
         let provider = self.provider.clone();
         let kind = self.kind;
         let telemetry = self.telemetry.clone();
+        let probing = self.probing.clone();
+        let me = myself.clone();
         job.request.attempt += 1;
         tokio::spawn(async move {
             let result = AssertUnwindSafe(provider.send(&job.request)).catch_unwind().await.unwrap_or_else(|_| {
                 Err(ProviderError::new(kind, ErrorClass::Retryable, "panic", "provider client panicked"))
             });
             telemetry.provider_latency(kind, job.accepted_at.elapsed().as_millis() as u64);
+            // The pause reaches the dispatcher before the outcome reaches the shard, hence before this job's
+            // slot is released and before its retry is scheduled.
+            match &result {
+                Err(e) if e.class == ErrorClass::RateLimited => {
+                    let _ = me.cast(DispatcherMsg::Pause(e.retry_after.unwrap_or(DEFAULT_PAUSE)));
+                }
+                _ if probing.load(Ordering::Relaxed) && probing.swap(false, Ordering::AcqRel) => {
+                    let _ = me.cast(DispatcherMsg::Resume);
+                }
+                _ => {}
+            }
             let shard = job.shard.clone();
             if let Err(e) = shard.cast(ShardMsg::Outcome(Box::new(SendOutcome { job, result }))) {
                 tracing::error!(error = %e, "shard is gone; outcome left for restart recovery");

@@ -10,6 +10,7 @@ mod dispatcher;
 mod error;
 mod idempotency;
 mod plan;
+mod report_wait;
 mod request;
 mod shard;
 

@@ -25,6 +25,7 @@ use crate::telemetry::Outcome;
 
 use super::dispatcher::{CANCELLED, DeliveryJob, QUEUED};
 use super::plan::{self, Settle};
+use super::report_wait::ReportWaits;
 use super::request::{AcceptReply, NewNotification, UserUpdate};
 use super::{EngineCtx, EngineError};
 
@@ -53,6 +54,8 @@ pub enum ShardMsg {
     Restore(Vec<StoredNotification>),
     /// The commit of an accepted notification failed: forget it.
     Forget(NotificationId),
+    /// The earliest wait for a delivery report may have run out.
+    ReportWaitOver,
 }
 
 /// The shard actor. Its state is [`ShardState`].
@@ -80,6 +83,8 @@ pub struct ShardState {
     users: HashMap<String, User>,
     open: HashMap<NotificationId, Open>,
     by_delivery: HashMap<DeliveryId, NotificationId>,
+    /// Deliveries in `sent`, waiting for their report.
+    report_waits: ReportWaits,
 }
 
 impl Actor for Shard {
@@ -89,11 +94,12 @@ impl Actor for Shard {
 
     async fn pre_start(&self, _: ActorRef<ShardMsg>, args: ShardArgs) -> Result<ShardState, ActorProcessingErr> {
         Ok(ShardState {
-            ctx: args.ctx,
             index: args.index,
             users: args.users.into_iter().map(|u| (u.id.clone(), u)).collect(),
             open: HashMap::new(),
             by_delivery: HashMap::new(),
+            report_waits: ReportWaits::new(Duration::from_millis(args.ctx.settings.report_timeout_ms)),
+            ctx: args.ctx,
         })
     }
 
@@ -123,6 +129,7 @@ impl Actor for Shard {
             ShardMsg::Replay(stored, delivery_id, reply) => st.replay(&me, *stored, &delivery_id, reply),
             ShardMsg::Restore(stored) => st.restore(&me, stored),
             ShardMsg::Forget(id) => st.forget(&id),
+            ShardMsg::ReportWaitOver => st.on_report_wait_over(&me),
         }
         Ok(())
     }
@@ -328,6 +335,15 @@ impl ShardState {
                     job.handoff.store(QUEUED, Ordering::Release);
                     retry = Some(delay);
                 }
+                if status == DeliveryStatus::Sent {
+                    self.report_waits.start(delivery.id.clone(), Instant::now());
+                    arm_report_wait(&mut self.report_waits, me);
+                }
+            }
+            if let Err(e) = &result
+                && e.alert
+            {
+                self.ctx.telemetry.provider_alert(job.provider, &e.code);
             }
             if let Err(e) = &result
                 && e.class == ErrorClass::Unregistered
@@ -381,6 +397,37 @@ impl ShardState {
         }
         let mut writes = vec![Write::PutDelivery(Arc::new(delivery.clone()))];
         let jobs = self.progress(me, &notification_id, false, &mut writes);
+        let ctx = self.ctx.clone();
+        self.ctx.store.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
+    }
+
+    /// Fails the deliveries whose report never came (`engine.report_timeout_ms`); the next channel of a priority
+    /// chain, if any, then gets its turn as after any failure.
+    fn on_report_wait_over(&mut self, me: &ActorRef<ShardMsg>) {
+        self.report_waits.fired();
+        let now = Timestamp::now();
+        let mut writes = Vec::new();
+        let mut jobs = Vec::new();
+        for delivery_id in self.report_waits.expired(Instant::now()) {
+            let Some(notification_id) = self.by_delivery.get(&delivery_id).cloned() else { continue };
+            let Some(open) = self.open.get_mut(&notification_id) else { continue };
+            let Some(delivery) = open.deliveries.iter_mut().find(|d| d.id == delivery_id) else { continue };
+            if delivery.status != DeliveryStatus::Sent {
+                continue;
+            }
+            let reason =
+                format!("report_timeout: no delivery report within {} ms", self.ctx.settings.report_timeout_ms);
+            if delivery.advance(DeliveryStatus::Failed, EventKind::Failed, Some(reason), now) {
+                self.ctx.telemetry.report_timeout(delivery.provider);
+                self.ctx.telemetry.outcome(delivery.provider, Outcome::Failed);
+                writes.push(Write::PutDelivery(Arc::new(delivery.clone())));
+                jobs.extend(self.progress(me, &notification_id, false, &mut writes));
+            }
+        }
+        arm_report_wait(&mut self.report_waits, me);
+        if writes.is_empty() {
+            return;
+        }
         let ctx = self.ctx.clone();
         self.ctx.store.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
     }
@@ -451,10 +498,17 @@ impl ShardState {
     fn restore(&mut self, me: &ActorRef<ShardMsg>, stored: Vec<StoredNotification>) {
         let mut writes = Vec::new();
         let mut jobs = Vec::new();
+        let mut sent = Vec::new();
         for s in stored {
             let id = s.notification.id.clone();
             self.reopen(s);
             let open = self.open.get_mut(&id).expect("just opened");
+            sent.extend(
+                open.deliveries
+                    .iter()
+                    .filter(|d| d.status == DeliveryStatus::Sent)
+                    .map(|d| (d.updated_at, d.id.clone())),
+            );
             let waiting: Vec<Delivery> = open
                 .deliveries
                 .iter()
@@ -466,8 +520,17 @@ impl ShardState {
             }
             jobs.extend(self.progress(me, &id, false, &mut writes));
         }
+        self.report_waits.restore(sent, Instant::now(), Timestamp::now());
+        arm_report_wait(&mut self.report_waits, me);
         if !self.open.is_empty() {
-            tracing::info!(shard = self.index, open = self.open.len(), jobs = jobs.len(), "shard restored");
+            let waiting_reports = self.report_waits.len();
+            tracing::info!(
+                shard = self.index,
+                open = self.open.len(),
+                jobs = jobs.len(),
+                waiting_reports,
+                "shard restored"
+            );
         }
         let ctx = self.ctx.clone();
         self.ctx.store.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
@@ -539,6 +602,17 @@ fn plan_step(
         by_delivery.insert(d.id.clone(), open.notification.id.clone());
         writes.push(Write::PutDelivery(Arc::new(d.clone())));
         open.deliveries.push(d);
+    }
+}
+
+/// Schedules the shard's wake-up for the earliest report wait, unless one is already scheduled for it.
+fn arm_report_wait(waits: &mut ReportWaits, me: &ActorRef<ShardMsg>) {
+    if let Some(deadline) = waits.arm() {
+        let me = me.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(deadline.into()).await;
+            let _ = me.cast(ShardMsg::ReportWaitOver);
+        });
     }
 }
 
