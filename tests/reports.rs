@@ -87,3 +87,78 @@ async fn duplicated_and_contradicting_reports_count_once_and_never_move_backward
     assert_eq!(delivered_after - delivered_before, 1);
     app.running.stop().await;
 }
+
+/// Report chaos: 1,000 alimtalk sends whose reports are delayed by a random jitter (so they overtake each
+/// other), 30% posted twice and 5% never posted. No delivery is counted twice, none moves backwards, every one
+/// with a posted report is delivered and every one whose report was dropped ends `failed` by the report timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_chaos_counts_each_delivery_once_and_fails_the_dropped_by_timeout() {
+    const USERS: usize = 200;
+    const SENDS: usize = 1_000;
+    let app = spawn_app_with(|s| s.engine.report_timeout_ms = 3_000).await;
+    let template = json!({"channels": {"alimtalk": {"ko": {"body": "{{n}}번째 알림", "templatecode": "T-CHAOS"}}}});
+    assert_eq!(app.put("/v1/templates/chaos", template).await.0, 200);
+    for u in 0..USERS {
+        assert_eq!(app.put(&format!("/v1/users/chaos-{u}"), json!({"phone": format!("010-{:04}-{:04}", u / 10000, u % 10000 + 1000)})).await.0, 200);
+    }
+    let chaos = herald::sandbox::FaultSettings {
+        report_jitter_ms: 400,
+        report_duplicate_rate: 0.3,
+        report_drop_rate: 0.05,
+        ..Default::default()
+    };
+    app.sandbox().set_faults(herald::domain::ProviderKind::Bizppurio, chaos);
+
+    let mut ids = Vec::with_capacity(SENDS);
+    for i in 0..SENDS {
+        let body = json!({"user_id": format!("chaos-{}", i % USERS), "channels": ["alimtalk"],
+                          "template": {"id": "chaos", "params": {"n": i.to_string()}}});
+        ids.push(app.send(body).await);
+    }
+    let mut finals = Vec::with_capacity(SENDS);
+    for id in &ids {
+        finals.push(app.wait_final(id).await);
+    }
+
+    // What the sandbox did with each delivery's report(s).
+    let mut posted: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut dropped = std::collections::HashSet::new();
+    let mut duplicated = 0;
+    for entry in app.sandbox().reports() {
+        let reference = entry.reference.clone().expect("reports name the delivery");
+        match entry.status {
+            herald::sandbox::ReportStatus::Posted => *posted.entry(reference).or_default() += 1,
+            herald::sandbox::ReportStatus::Dropped => {
+                dropped.insert(reference);
+            }
+            herald::sandbox::ReportStatus::Failed => panic!("Herald refused a report: {entry:?}"),
+        }
+        duplicated += usize::from(entry.duplicate);
+    }
+    assert!(!dropped.is_empty() && duplicated > 0, "the chaos happened: {} dropped, {duplicated} duplicated", dropped.len());
+
+    let (mut delivered, mut timed_out) = (0, 0);
+    for n in &finals {
+        let delivery = &n["deliveries"][0];
+        let id = delivery["id"].as_str().unwrap();
+        let kinds: Vec<&str> = delivery["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        if posted.contains_key(id) {
+            assert_eq!(delivery["status"], "delivered", "{n}");
+            assert_eq!(kinds, ["requested", "sent", "delivered"], "one delivered event however many reports: {n}");
+            delivered += 1;
+        } else {
+            assert!(dropped.contains(id), "no report was posted nor dropped for {id}");
+            assert_eq!(delivery["status"], "failed", "{n}");
+            assert_eq!(kinds, ["requested", "sent", "failed"]);
+            assert!(delivery["events"][2]["reason"].as_str().unwrap().starts_with("report_timeout"));
+            timed_out += 1;
+        }
+    }
+    assert_eq!(delivered + timed_out, SENDS);
+    let delivered_metric = metric(&app, "herald_deliveries_total{channel=\"alimtalk\",provider=\"bizppurio\",outcome=\"delivered\"}").await;
+    let failed_metric = metric(&app, "herald_deliveries_total{channel=\"alimtalk\",provider=\"bizppurio\",outcome=\"failed\"}").await;
+    assert_eq!((delivered_metric, failed_metric), (delivered as u64, timed_out as u64), "each delivery counted once");
+    assert_eq!(metric(&app, "herald_report_timeouts_total{provider=\"bizppurio\"}").await, timed_out as u64);
+    println!("report chaos: {SENDS} sent | {delivered} delivered | {timed_out} failed by report timeout | {duplicated} duplicate reports");
+    app.running.stop().await;
+}
