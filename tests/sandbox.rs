@@ -70,6 +70,8 @@ pub fn settings(seed: u64, faults: BTreeMap<ProviderKind, FaultSettings>) -> San
         report_url: String::new(),
         seed,
         faults,
+        fcm_service_accounts: Vec::new(),
+        fcm_token_lifetime_s: 3600,
     }
 }
 
