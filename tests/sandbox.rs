@@ -9,6 +9,8 @@ mod admin;
 mod email;
 #[path = "sandbox/faults.rs"]
 mod faults;
+#[path = "sandbox/fcm.rs"]
+mod fcm;
 #[path = "sandbox/messaging.rs"]
 mod messaging;
 #[path = "sandbox/push.rs"]
