@@ -57,7 +57,9 @@ pub async fn serve(mut settings: Settings, shutdown: CancellationToken) -> anyho
         let tls_base = format!("https://{}", handle.tls_addr());
         let providers = &mut settings.providers;
         providers.extra_root_ca_pem = Some(handle.ca_pem().to_string());
-        providers.fcm.base_url = base.clone();
+        // FCM over HTTP/2 like the real one; the OAuth2 token endpoint is on the same TLS listener.
+        providers.fcm.base_url = tls_base.clone();
+        providers.fcm.token_uri = format!("{tls_base}/token");
         providers.apns.base_url = tls_base;
         providers.twilio.base_url = base.clone();
         providers.bizppurio.base_url = base;

@@ -55,6 +55,7 @@ fn start_herald(port: u16, data: &Path, sandbox: SandboxPorts, ca_file: &Path) -
         .arg(data)
         .env("HERALD__PROVIDERS__EXTRA_ROOT_CA_FILE", ca_file)
         .env("HERALD__PROVIDERS__FCM__BASE_URL", &tls_base)
+        .env("HERALD__PROVIDERS__FCM__TOKEN_URI", format!("{tls_base}/token"))
         .env("HERALD__PROVIDERS__APNS__BASE_URL", &tls_base)
         .env("HERALD__PROVIDERS__TWILIO__BASE_URL", &base)
         .env("HERALD__PROVIDERS__BIZPPURIO__BASE_URL", &base)

@@ -9,6 +9,8 @@ mod admin;
 mod email;
 #[path = "sandbox/faults.rs"]
 mod faults;
+#[path = "sandbox/fcm.rs"]
+mod fcm;
 #[path = "sandbox/messaging.rs"]
 mod messaging;
 #[path = "sandbox/push.rs"]
@@ -70,6 +72,8 @@ pub fn settings(seed: u64, faults: BTreeMap<ProviderKind, FaultSettings>) -> San
         report_url: String::new(),
         seed,
         faults,
+        fcm_service_accounts: Vec::new(),
+        fcm_token_lifetime_s: 3600,
     }
 }
 

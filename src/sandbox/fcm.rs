@@ -1,5 +1,6 @@
-//! Simulated FCM HTTP v1: `POST /v1/projects/{project}/messages:send` with any non-empty bearer token. Answers
-//! `{"name": "projects/P/messages/ID"}` or FCM's error shape with an `FcmError` detail carrying the errorCode.
+//! Simulated FCM HTTP v1: `POST /v1/projects/{project}/messages:send` with a bearer access token issued by the
+//! sandbox's OAuth2 endpoint (`oauth.rs`) and not yet expired. Answers `{"name": "projects/P/messages/ID"}` or
+//! FCM's error shape with an `FcmError` detail carrying the errorCode.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,7 +32,10 @@ pub(crate) fn routes() -> Router<Arc<SandboxState>> {
 /// The errors this simulation answers, each in FCM's shape.
 #[derive(Debug)]
 enum FcmError {
-    Unauthenticated,
+    /// No bearer token at all.
+    CredentialsMissing,
+    /// A bearer token the sandbox did not issue, or one that has expired.
+    CredentialsInvalid,
     InvalidArgument(String),
     Unregistered,
     Unavailable,
@@ -40,20 +44,15 @@ enum FcmError {
 impl IntoResponse for FcmError {
     fn into_response(self) -> Response {
         let (status, status_name, error_code, message) = match self {
-            FcmError::Unauthenticated => {
-                // Google answers auth failures with a generic ErrorInfo detail, not an FcmError one.
-                let body = json!({"error": {
-                    "code": 401,
-                    "message": "Request is missing required authentication credential. Expected OAuth 2 access \
-                                token, login cookie or other valid authentication credential.",
-                    "status": "UNAUTHENTICATED",
-                    "details": [{
-                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                        "reason": "CREDENTIALS_MISSING",
-                        "domain": "googleapis.com",
-                    }],
-                }});
-                return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+            FcmError::CredentialsMissing => {
+                return unauthenticated(
+                    "Request is missing required authentication credential. Expected OAuth 2 access token, login \
+                     cookie or other valid authentication credential.",
+                    "CREDENTIALS_MISSING",
+                );
+            }
+            FcmError::CredentialsInvalid => {
+                return unauthenticated("Request had invalid authentication credentials.", "ACCESS_TOKEN_EXPIRED");
             }
             FcmError::InvalidArgument(message) => {
                 (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "INVALID_ARGUMENT", message)
@@ -80,6 +79,17 @@ impl IntoResponse for FcmError {
             (status, Json(body)).into_response()
         }
     }
+}
+
+/// Google answers auth failures with a generic ErrorInfo detail, not an FcmError one.
+fn unauthenticated(message: &str, reason: &str) -> Response {
+    let body = json!({"error": {
+        "code": 401,
+        "message": message,
+        "status": "UNAUTHENTICATED",
+        "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com"}],
+    }});
+    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -138,8 +148,11 @@ async fn send(
 }
 
 async fn handle(state: &SandboxState, project: &str, headers: &HeaderMap, body: &[u8]) -> Result<Response, FcmError> {
-    if bearer(headers).is_none() {
-        return Err(FcmError::Unauthenticated);
+    let Some(token) = bearer(headers) else {
+        return Err(FcmError::CredentialsMissing);
+    };
+    if !state.fcm_oauth.honours(token) {
+        return Err(FcmError::CredentialsInvalid);
     }
     let request: SendBody = serde_json::from_slice(body)
         .map_err(|e| FcmError::InvalidArgument(format!("Invalid JSON payload received. {e}")))?;

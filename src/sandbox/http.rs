@@ -15,6 +15,7 @@ use super::SandboxState;
 pub(crate) fn router(state: Arc<SandboxState>) -> Router {
     Router::new()
         .merge(super::fcm::routes())
+        .merge(super::oauth::routes())
         .merge(super::apns::routes())
         .merge(super::twilio::routes())
         .merge(super::bizppurio::routes())

@@ -7,6 +7,8 @@
 //! - `record.rs` keeps what was accepted ([`ReceivedMessage`]); `stats.rs` counts accepted and rejected requests.
 //! - `faults.rs` draws latency and errors from a seeded RNG per provider, so runs repeat.
 //! - `reports.rs` posts Twilio status callbacks and Bizppurio delivery reports back to loopback URLs.
+//! - `oauth.rs` is Google's OAuth2 token endpoint (`POST /token`): it checks service-account assertions and
+//!   issues the access tokens `fcm.rs` requires.
 //!
 //! Per request every provider checks, in this order: auth, request shape (payload size, required fields), then
 //! the injected latency and fault draw, then the per-address rules (an address containing `unregistered`,
@@ -21,6 +23,7 @@ mod bizppurio;
 mod faults;
 mod fcm;
 mod http;
+mod oauth;
 mod record;
 mod reports;
 mod settings;
@@ -55,6 +58,7 @@ pub(crate) struct SandboxState {
     pub stats: stats::Stats,
     pub reports: reports::Reporter,
     pub bizppurio_tokens: bizppurio::Tokens,
+    pub fcm_oauth: oauth::GoogleOAuth,
     pub cancel: CancellationToken,
 }
 
@@ -79,6 +83,8 @@ pub async fn start(settings: &SandboxSettings, report_url: String) -> io::Result
     let report_url = if settings.report_url.is_empty() { report_url } else { settings.report_url.clone() };
     let cancel = CancellationToken::new();
     let reports = reports::Reporter::new(&report_url).map_err(invalid)?;
+    let fcm_oauth =
+        oauth::GoogleOAuth::new(&settings.fcm_service_accounts, settings.fcm_token_lifetime_s).map_err(invalid)?;
 
     let tls = tls::SandboxTls::generate().map_err(io::Error::other)?;
     let https_config = tls.server_config(&[b"h2", b"http/1.1"]).map_err(io::Error::other)?;
@@ -99,6 +105,7 @@ pub async fn start(settings: &SandboxSettings, report_url: String) -> io::Result
         stats: stats::Stats::default(),
         reports,
         bizppurio_tokens: bizppurio::Tokens::default(),
+        fcm_oauth,
         cancel: cancel.clone(),
     });
 

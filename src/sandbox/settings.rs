@@ -27,6 +27,16 @@ pub struct SandboxSettings {
     pub seed: u64,
     #[serde(default)]
     pub faults: BTreeMap<ProviderKind, FaultSettings>,
+    /// Service-account JSON files whose OAuth2 assertions `/token` accepts, besides the development account.
+    #[serde(default)]
+    pub fcm_service_accounts: Vec<String>,
+    /// Lifetime of the FCM access tokens `/token` issues (short in tests that exercise expiry).
+    #[serde(default = "default_fcm_token_lifetime_s")]
+    pub fcm_token_lifetime_s: u64,
+}
+
+fn default_fcm_token_lifetime_s() -> u64 {
+    3600
 }
 
 /// How one simulated provider misbehaves. Rates are probabilities in [0, 1].

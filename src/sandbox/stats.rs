@@ -1,5 +1,5 @@
 //! Per-provider counters of the sandbox: requests accepted and rejected (auth, validation, injected faults,
-//! address rules) and delivery reports posted or lost. Lock-free, so every handler can bump them.
+//! address rules), delivery reports posted or lost, and access tokens issued (FCM's OAuth2 exchanges). Lock-free, so every handler can bump them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,7 @@ struct Counters {
     rejected: AtomicU64,
     reports_sent: AtomicU64,
     reports_failed: AtomicU64,
+    token_exchanges: AtomicU64,
 }
 
 /// One provider's counts, as `GET /_sandbox/stats` shows them.
@@ -23,6 +24,8 @@ pub(crate) struct ProviderStats {
     pub rejected: u64,
     pub reports_sent: u64,
     pub reports_failed: u64,
+    /// Access tokens issued (only FCM has a token endpoint counted here).
+    pub token_exchanges: u64,
 }
 
 #[derive(Default)]
@@ -43,6 +46,10 @@ impl Stats {
         let counters = &self.counters[kind.index()];
         let counter = if sent { &counters.reports_sent } else { &counters.reports_failed };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn token_exchange(&self, kind: ProviderKind) {
+        self.counters[kind.index()].token_exchanges.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a handler's answer: `Ok` accepted, `Err` rejected. Returns it unchanged.
@@ -69,6 +76,7 @@ impl Stats {
                     rejected: c.rejected.load(Ordering::Relaxed),
                     reports_sent: c.reports_sent.load(Ordering::Relaxed),
                     reports_failed: c.reports_failed.load(Ordering::Relaxed),
+                    token_exchanges: c.token_exchanges.load(Ordering::Relaxed),
                 };
                 (kind, stats)
             })

@@ -10,7 +10,7 @@ async fn send_fcm(sandbox: &Sandbox, token: &str) {
     let response = sandbox
         .http
         .post(sandbox.url("/v1/projects/p/messages:send"))
-        .bearer_auth("t")
+        .bearer_auth(super::fcm::access_token(sandbox).await)
         .json(&body)
         .send()
         .await

@@ -18,7 +18,7 @@ async fn send_everywhere(sandbox: &Sandbox, token: &str) -> Vec<(u16, String)> {
     let response = sandbox
         .http
         .post(sandbox.url("/v1/projects/p/messages:send"))
-        .bearer_auth("t")
+        .bearer_auth(super::fcm::access_token(sandbox).await)
         .json(&fcm)
         .send()
         .await
@@ -149,11 +149,12 @@ async fn permanent_rate_one_fails_every_provider_with_its_permanent_error() {
 async fn fcm_statuses(sandbox: &Sandbox, n: usize) -> Vec<u16> {
     let mut statuses = Vec::with_capacity(n);
     let body = json!({"message": {"token": "device-1", "notification": {"body": "hi"}}});
+    let token = super::fcm::access_token(sandbox).await;
     for _ in 0..n {
         let response = sandbox
             .http
             .post(sandbox.url("/v1/projects/p/messages:send"))
-            .bearer_auth("t")
+            .bearer_auth(&token)
             .json(&body)
             .send()
             .await

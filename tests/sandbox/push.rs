@@ -3,6 +3,7 @@
 use herald::domain::{Channel, ProviderKind};
 use serde_json::{Value, json};
 
+use super::fcm::access_token;
 use super::{Sandbox, spawn};
 
 const FCM_PATH: &str = "/v1/projects/herald-dev/messages:send";
@@ -34,7 +35,8 @@ fn fcm_message(token: &str) -> Value {
 #[tokio::test]
 async fn fcm_send_is_accepted_and_recorded() {
     let sandbox = spawn().await;
-    let (status, body) = fcm(&sandbox, Some("sandbox-token"), &fcm_message("device-token-1")).await;
+    let token = access_token(&sandbox).await;
+    let (status, body) = fcm(&sandbox, Some(&token), &fcm_message("device-token-1")).await;
     assert_eq!(status, 200, "{body}");
     let name = body["name"].as_str().unwrap();
     assert!(name.starts_with("projects/herald-dev/messages/"), "{name}");
@@ -54,10 +56,11 @@ async fn fcm_send_is_accepted_and_recorded() {
 #[tokio::test]
 async fn fcm_topics_and_validate_only() {
     let sandbox = spawn().await;
+    let token = access_token(&sandbox).await;
     let topic = json!({"message": {"topic": "news", "notification": {"body": "hi"}}});
-    assert_eq!(fcm(&sandbox, Some("t"), &topic).await.0, 200);
+    assert_eq!(fcm(&sandbox, Some(&token), &topic).await.0, 200);
     let dry_run = json!({"validate_only": true, "message": {"token": "abc", "notification": {"body": "hi"}}});
-    let (status, body) = fcm(&sandbox, Some("t"), &dry_run).await;
+    let (status, body) = fcm(&sandbox, Some(&token), &dry_run).await;
     assert_eq!((status, body["name"].as_str()), (200, Some("projects/herald-dev/messages/fake_message_id")));
     let record = sandbox.handle.record();
     assert_eq!(record.len(), 1, "validate_only is not a send");
@@ -81,6 +84,7 @@ async fn fcm_requires_a_bearer_token() {
 #[tokio::test]
 async fn fcm_refuses_invalid_messages() {
     let sandbox = spawn().await;
+    let token = access_token(&sandbox).await;
     let cases = [
         json!({"message": {"notification": {"body": "no target"}}}),
         json!({"message": {"token": "a", "topic": "b"}}),
@@ -91,13 +95,13 @@ async fn fcm_refuses_invalid_messages() {
         json!({"msg": {}}),
     ];
     for case in &cases {
-        let (status, body) = fcm(&sandbox, Some("t"), case).await;
+        let (status, body) = fcm(&sandbox, Some(&token), case).await;
         assert_eq!(status, 400, "{case}");
         assert_eq!(body["error"]["status"], "INVALID_ARGUMENT");
         assert_eq!(fcm_error_code(&body), "INVALID_ARGUMENT");
         assert_eq!(body["error"]["details"][0]["@type"], "type.googleapis.com/google.firebase.fcm.v1.FcmError");
     }
-    let response = sandbox.http.post(sandbox.url(FCM_PATH)).bearer_auth("t").body("{not json").send().await.unwrap();
+    let response = sandbox.http.post(sandbox.url(FCM_PATH)).bearer_auth(&token).body("{not json").send().await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
     assert!(sandbox.handle.record().is_empty());
 }
@@ -105,9 +109,10 @@ async fn fcm_refuses_invalid_messages() {
 #[tokio::test]
 async fn fcm_token_rules() {
     let sandbox = spawn().await;
-    let (status, body) = fcm(&sandbox, Some("t"), &fcm_message("token-unregistered-7")).await;
+    let token = access_token(&sandbox).await;
+    let (status, body) = fcm(&sandbox, Some(&token), &fcm_message("token-unregistered-7")).await;
     assert_eq!((status, fcm_error_code(&body)), (404, "UNREGISTERED"));
-    let (status, body) = fcm(&sandbox, Some("t"), &fcm_message("token-invalid-7")).await;
+    let (status, body) = fcm(&sandbox, Some(&token), &fcm_message("token-invalid-7")).await;
     assert_eq!((status, fcm_error_code(&body)), (400, "INVALID_ARGUMENT"));
     assert!(sandbox.handle.record().is_empty());
 }

@@ -1,4 +1,5 @@
-//! FCM's error codes (`error.details[].errorCode`, else `error.status`) and what each means for a delivery.
+//! FCM's error codes (`error.details[].errorCode`, else `error.status`), the OAuth2 token exchange's failures, and
+//! what each means for a delivery.
 
 use std::time::Duration;
 
@@ -16,9 +17,21 @@ pub enum FcmError {
     SenderIdMismatch,
     /// FCM could not use our APNs or web push credentials: a configuration problem.
     ThirdPartyAuthError,
+    /// The project's send quota is used up: FCM is rate limiting the whole project.
     QuotaExceeded,
     Unavailable,
     Internal,
+    /// FCM refused the access token, and a freshly exchanged one too (the client retries once with a new token
+    /// before giving this). Retried later, since a token can take a moment to be honoured, but alerted on: a
+    /// project or account mismatch, or a clock far off, needs an operator.
+    Unauthenticated,
+    /// The token endpoint refused our assertion (`invalid_grant`, `invalid_client`, or another 4xx; `code` is the
+    /// OAuth2 `error`, or `http_<status>`): the service account is wrong, disabled or revoked.
+    TokenRejected {
+        code: String,
+    },
+    /// The token endpoint could not be reached or failed (transport, 5xx, 429).
+    TokenUnavailable,
     /// A code Herald does not tell apart, classed by HTTP status. `code` is FCM's, or `http_<status>`.
     Other {
         status: u16,
@@ -39,6 +52,7 @@ impl FcmError {
             Some("QUOTA_EXCEEDED") => FcmError::QuotaExceeded,
             Some("UNAVAILABLE") => FcmError::Unavailable,
             Some("INTERNAL") => FcmError::Internal,
+            Some("UNAUTHENTICATED") => FcmError::Unauthenticated,
             Some(other) => FcmError::Other { status, code: other.to_string() },
             None => FcmError::Other { status, code: format!("http_{status}") },
         }
@@ -47,14 +61,23 @@ impl FcmError {
     pub fn class(&self) -> ErrorClass {
         match self {
             FcmError::Unregistered => ErrorClass::Unregistered,
-            FcmError::InvalidArgument | FcmError::SenderIdMismatch | FcmError::ThirdPartyAuthError => {
-                ErrorClass::Permanent
-            }
-            FcmError::QuotaExceeded | FcmError::Unavailable | FcmError::Internal | FcmError::Transport => {
-                ErrorClass::Retryable
-            }
+            FcmError::InvalidArgument
+            | FcmError::SenderIdMismatch
+            | FcmError::ThirdPartyAuthError
+            | FcmError::TokenRejected { .. } => ErrorClass::Permanent,
+            FcmError::QuotaExceeded => ErrorClass::RateLimited,
+            FcmError::Unavailable
+            | FcmError::Internal
+            | FcmError::Unauthenticated
+            | FcmError::TokenUnavailable
+            | FcmError::Transport => ErrorClass::Retryable,
             FcmError::Other { status, .. } => http::class_of_status(*status),
         }
+    }
+
+    /// Whether an operator must fix credentials or configuration (counted on the alert metric).
+    pub fn alerts(&self) -> bool {
+        matches!(self, FcmError::ThirdPartyAuthError | FcmError::Unauthenticated | FcmError::TokenRejected { .. })
     }
 
     /// A bounded label for metrics (unknown codes share one per class).
@@ -67,6 +90,9 @@ impl FcmError {
             FcmError::QuotaExceeded => "quota_exceeded",
             FcmError::Unavailable => "unavailable",
             FcmError::Internal => "internal",
+            FcmError::Unauthenticated => "unauthenticated",
+            FcmError::TokenRejected { .. } => "token_rejected",
+            FcmError::TokenUnavailable => "token_unavailable",
             FcmError::Other { .. } if self.class() == ErrorClass::Retryable => "other_retryable",
             FcmError::Other { .. } => "other_permanent",
             FcmError::Transport => "transport",
@@ -83,6 +109,9 @@ impl FcmError {
             FcmError::QuotaExceeded => "QUOTA_EXCEEDED",
             FcmError::Unavailable => "UNAVAILABLE",
             FcmError::Internal => "INTERNAL",
+            FcmError::Unauthenticated => "UNAUTHENTICATED",
+            FcmError::TokenRejected { code } => code,
+            FcmError::TokenUnavailable => "token_unavailable",
             FcmError::Other { code, .. } => code,
             FcmError::Transport => "transport",
         }
@@ -90,7 +119,9 @@ impl FcmError {
 
     /// The engine's view; `retry_after` is kept only where a retry makes sense.
     pub fn into_provider_error(self, message: impl Into<String>, retry_after: Option<Duration>) -> ProviderError {
-        ProviderError::new(ProviderKind::Fcm, self.class(), self.code(), message).with_retry_after(retry_after)
+        let error =
+            ProviderError::new(ProviderKind::Fcm, self.class(), self.code(), message).with_retry_after(retry_after);
+        if self.alerts() { error.alerting() } else { error }
     }
 }
 
@@ -99,25 +130,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_listed_code_has_its_class() {
+    fn every_listed_code_has_its_class_alert_and_label() {
         let cases = [
-            ("UNREGISTERED", 404, ErrorClass::Unregistered),
-            ("INVALID_ARGUMENT", 400, ErrorClass::Permanent),
-            ("SENDER_ID_MISMATCH", 403, ErrorClass::Permanent),
-            ("THIRD_PARTY_AUTH_ERROR", 401, ErrorClass::Permanent),
-            ("QUOTA_EXCEEDED", 429, ErrorClass::Retryable),
-            ("UNAVAILABLE", 503, ErrorClass::Retryable),
-            ("INTERNAL", 500, ErrorClass::Retryable),
-            ("SOMETHING_NEW", 502, ErrorClass::Retryable),
-            ("SOMETHING_NEW", 400, ErrorClass::Permanent),
+            ("UNREGISTERED", 404, ErrorClass::Unregistered, false, "unregistered"),
+            ("INVALID_ARGUMENT", 400, ErrorClass::Permanent, false, "invalid_argument"),
+            ("SENDER_ID_MISMATCH", 403, ErrorClass::Permanent, false, "sender_id_mismatch"),
+            ("THIRD_PARTY_AUTH_ERROR", 401, ErrorClass::Permanent, true, "third_party_auth_error"),
+            ("QUOTA_EXCEEDED", 429, ErrorClass::RateLimited, false, "quota_exceeded"),
+            ("UNAVAILABLE", 503, ErrorClass::Retryable, false, "unavailable"),
+            ("INTERNAL", 500, ErrorClass::Retryable, false, "internal"),
+            ("UNAUTHENTICATED", 401, ErrorClass::Retryable, true, "unauthenticated"),
+            ("SOMETHING_NEW", 502, ErrorClass::Retryable, false, "other_retryable"),
+            ("SOMETHING_NEW", 400, ErrorClass::Permanent, false, "other_permanent"),
         ];
-        for (code, status, class) in cases {
+        for (code, status, class, alert, label) in cases {
             let error = FcmError::from_answer(status, Some(code));
-            assert_eq!(error.class(), class, "{code}");
+            assert_eq!((error.class(), error.alerts(), error.metric_label()), (class, alert, label), "{code}");
             assert_eq!(error.code(), code);
+            let engine = error.into_provider_error("m", None);
+            assert_eq!((engine.class, engine.alert), (class, alert), "{code}");
         }
         assert_eq!(FcmError::from_answer(503, None).code(), "http_503");
         assert_eq!(FcmError::Transport.class(), ErrorClass::Retryable);
+    }
+
+    #[test]
+    fn token_exchange_failures_have_their_class() {
+        let rejected = FcmError::TokenRejected { code: "invalid_grant".into() };
+        assert_eq!(
+            (rejected.class(), rejected.alerts(), rejected.code()),
+            (ErrorClass::Permanent, true, "invalid_grant")
+        );
+        assert_eq!(rejected.metric_label(), "token_rejected");
+        let unavailable = FcmError::TokenUnavailable;
+        assert_eq!((unavailable.class(), unavailable.alerts()), (ErrorClass::Retryable, false));
+        assert_eq!(unavailable.metric_label(), "token_unavailable");
     }
 
     #[test]
@@ -131,6 +178,8 @@ mod tests {
     fn retry_after_is_dropped_on_permanent_errors() {
         let wait = Some(Duration::from_secs(3));
         assert_eq!(FcmError::QuotaExceeded.into_provider_error("", wait).retry_after, wait);
+        assert_eq!(FcmError::Unavailable.into_provider_error("", wait).retry_after, wait);
+        assert_eq!(FcmError::Internal.into_provider_error("", wait).retry_after, wait);
         assert_eq!(FcmError::InvalidArgument.into_provider_error("", wait).retry_after, None);
     }
 }
