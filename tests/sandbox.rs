@@ -70,6 +70,7 @@ pub fn settings(seed: u64, faults: BTreeMap<ProviderKind, FaultSettings>) -> San
         report_url: String::new(),
         seed,
         faults,
+        smtp_require_tls: false,
     }
 }
 

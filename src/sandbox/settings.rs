@@ -27,6 +27,9 @@ pub struct SandboxSettings {
     pub seed: u64,
     #[serde(default)]
     pub faults: BTreeMap<ProviderKind, FaultSettings>,
+    /// SMTP refuses MAIL before STARTTLS (`530 5.7.0`), as relays that require encryption do.
+    #[serde(default)]
+    pub smtp_require_tls: bool,
 }
 
 /// How one simulated provider misbehaves. Rates are probabilities in [0, 1].
