@@ -35,7 +35,8 @@ pub(super) fn build(
 ) -> Result<AsyncSmtpTransport<Tokio1Executor>, BuildError> {
     crate::sandbox::install_crypto_provider();
     let has_username = !settings.username.is_empty();
-    if has_username != !settings.password.expose().is_empty() {
+    let has_password = !settings.password.expose().is_empty();
+    if has_username != has_password {
         return Err(BuildError::invalid("smtp", "username", "set both username and password, or neither"));
     }
     if has_username && !settings.tls.always_encrypted() {
