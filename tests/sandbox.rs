@@ -74,6 +74,7 @@ pub fn settings(seed: u64, faults: BTreeMap<ProviderKind, FaultSettings>) -> San
         faults,
         fcm_service_accounts: Vec::new(),
         fcm_token_lifetime_s: 3600,
+        smtp_require_tls: false,
     }
 }
 

@@ -165,11 +165,12 @@ pub fn build(settings: &ProvidersSettings, callback_base: &str) -> Result<Vec<Ar
     let timeout = Duration::from_millis(settings.timeout_ms.max(1));
     let roots = http::extra_roots(&settings.extra_root_ca_file, settings.extra_root_ca_pem.as_deref())?;
     let http = http::client(timeout, &roots)?;
+    let smtp_roots = smtp::extra_root_pems(&settings.extra_root_ca_file, settings.extra_root_ca_pem.as_deref())?;
     let apns_token = Arc::new(apns::StaticProviderToken::new(settings.apns.provider_token.expose())?);
     Ok(vec![
         Arc::new(fcm::FcmClient::new(http.clone(), &settings.fcm)?),
         Arc::new(apns::ApnsClient::new(http.clone(), &settings.apns, apns_token)?),
-        Arc::new(smtp::SmtpClient::new(&settings.smtp, timeout)?),
+        Arc::new(smtp::SmtpClient::new(&settings.smtp, timeout, &smtp_roots)?),
         Arc::new(twilio::TwilioClient::new(http.clone(), &settings.twilio, callback_base)?),
         Arc::new(bizppurio::BizppurioClient::new(http, &settings.bizppurio)?),
     ])

@@ -3,7 +3,8 @@
 //!
 //! Code map:
 //! - [`start`] binds one HTTP listener (FCM, APNs, Twilio, Bizppurio and the `/_sandbox` admin API, see
-//!   `http.rs` and one file per provider) and one SMTP listener (`smtp/`), and returns a [`SandboxHandle`].
+//!   `http.rs` and one file per provider) and one SMTP listener (`smtp/`, STARTTLS with the certificate of
+//!   `tls.rs`), and returns a [`SandboxHandle`].
 //! - `record.rs` keeps what was accepted ([`ReceivedMessage`]); `stats.rs` counts accepted and rejected requests.
 //! - `faults.rs` draws latency and errors from a seeded RNG per provider, so runs repeat.
 //! - `reports.rs` posts Twilio status callbacks and Bizppurio delivery reports back to loopback URLs.
@@ -88,6 +89,7 @@ pub async fn start(settings: &SandboxSettings, report_url: String) -> io::Result
 
     let tls = tls::SandboxTls::generate().map_err(io::Error::other)?;
     let https_config = tls.server_config(&[b"h2", b"http/1.1"]).map_err(io::Error::other)?;
+    let starttls = smtp::StartTls::new(tls.server_config(&[]).map_err(io::Error::other)?, settings.smtp_require_tls);
     if !settings.ca_out.is_empty() {
         std::fs::write(&settings.ca_out, tls.ca_pem())?;
     }
@@ -118,7 +120,7 @@ pub async fn start(settings: &SandboxSettings, report_url: String) -> io::Result
             tracing::error!(%error, "sandbox http listener failed");
         }
     });
-    let smtp_task = tokio::spawn(smtp::serve(smtp_listener, state.clone()));
+    let smtp_task = tokio::spawn(smtp::serve(smtp_listener, state.clone(), starttls));
     tracing::info!(%http_addr, %tls_addr, %smtp_addr, "sandbox listening");
 
     let tasks = Mutex::new(vec![http_task, tls_task, smtp_task]);

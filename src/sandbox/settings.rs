@@ -33,6 +33,9 @@ pub struct SandboxSettings {
     /// Lifetime of the FCM access tokens `/token` issues (short in tests that exercise expiry).
     #[serde(default = "default_fcm_token_lifetime_s")]
     pub fcm_token_lifetime_s: u64,
+    /// SMTP refuses MAIL before STARTTLS (`530 5.7.0`), as relays that require encryption do.
+    #[serde(default)]
+    pub smtp_require_tls: bool,
 }
 
 fn default_fcm_token_lifetime_s() -> u64 {

@@ -1,16 +1,14 @@
-//! The SMTP client: a pooled lettre transport, one message per delivery. No TLS yet: STARTTLS (with an extra
-//! trusted root for tests) slots into [`transport`].
+//! The SMTP client: one message per delivery over a pooled lettre transport (`transport.rs`: TLS, trusted
+//! roots, AUTH), the message written by `message.rs`, failures classified by `error.rs`.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
-use lettre::transport::smtp::PoolConfig;
+use lettre::message::Mailbox;
 use lettre::transport::smtp::response::Response;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
-use super::{SmtpError, SmtpSettings};
+use super::{SmtpError, SmtpSettings, message, transport};
 use crate::domain::contact::mask;
 use crate::domain::{Address, ProviderKind};
 use crate::providers::{Accepted, BuildError, Provider, ProviderError, SendRequest, log_refusal, wrong_address};
@@ -22,8 +20,9 @@ pub struct SmtpClient {
 }
 
 impl SmtpClient {
+    /// `extra_roots` are PEM bundles trusted besides the system's roots (see [`super::extra_root_pems`]).
     /// Must be called inside a Tokio runtime: the connection pool starts its cleanup task.
-    pub fn new(settings: &SmtpSettings, timeout: Duration) -> Result<SmtpClient, BuildError> {
+    pub fn new(settings: &SmtpSettings, timeout: Duration, extra_roots: &[Vec<u8>]) -> Result<SmtpClient, BuildError> {
         let from = settings
             .from
             .parse::<Mailbox>()
@@ -34,32 +33,8 @@ impl SmtpClient {
         if settings.pool_size == 0 {
             return Err(BuildError::invalid("smtp", "pool_size", "must be at least 1"));
         }
-        Ok(SmtpClient { transport: transport(settings, timeout), from })
+        Ok(SmtpClient { transport: transport::build(settings, timeout, extra_roots)?, from })
     }
-
-    fn message(&self, request: &SendRequest, email: &str) -> Result<Message, SmtpError> {
-        let to = email.parse::<Mailbox>().map_err(|_| SmtpError::InvalidAddress)?;
-        let content = &request.content;
-        let builder = Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject(content.title.as_deref().unwrap_or_default())
-            .header(HeraldDelivery(request.delivery_id.clone()));
-        let built = match &content.html {
-            Some(html) => builder.multipart(MultiPart::alternative_plain_html(content.body.clone(), html.clone())),
-            None => builder.header(ContentType::TEXT_PLAIN).body(content.body.clone()),
-        };
-        built.map_err(|_| SmtpError::InvalidMessage)
-    }
-}
-
-/// The pooled transport. Plain SMTP for now; STARTTLS will add `.tls(Tls::Required(...))` here.
-fn transport(settings: &SmtpSettings, timeout: Duration) -> AsyncSmtpTransport<Tokio1Executor> {
-    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(settings.host.as_str())
-        .port(settings.port)
-        .timeout(Some(timeout))
-        .pool_config(PoolConfig::new().max_size(settings.pool_size))
-        .build()
 }
 
 #[async_trait]
@@ -72,7 +47,7 @@ impl Provider for SmtpClient {
         let Address::Email { email } = &request.address else {
             return Err(wrong_address(ProviderKind::Smtp, &request.address));
         };
-        let message = match self.message(request, email) {
+        let message = match message::build(&self.from, request, email) {
             Ok(message) => message,
             Err(error) => return Err(refused(error, "the message could not be built".into(), email)),
         };
@@ -106,24 +81,6 @@ fn queue_id(response: &Response) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
 }
 
-/// `X-Herald-Delivery: <delivery id>`, to find a message's delivery from the mailbox side.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HeraldDelivery(pub String);
-
-impl Header for HeraldDelivery {
-    fn name() -> HeaderName {
-        HeaderName::new_from_ascii_str("X-Herald-Delivery")
-    }
-
-    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(HeraldDelivery(s.trim().to_string()))
-    }
-
-    fn display(&self) -> HeaderValue {
-        HeaderValue::new(Self::name(), self.0.clone())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -135,10 +92,11 @@ mod tests {
     use super::*;
     use crate::domain::{Priority, Rendered};
     use crate::providers::ErrorClass;
+    use crate::providers::smtp::SmtpTls;
     use crate::providers::testing::{DELIVERY_ID, request};
 
-    /// A minimal SMTP server: accepts every command, answers RCPT by the recipient's local part
-    /// (`busy` → 451, `nobody` → 550), and keeps each DATA payload.
+    /// A minimal plain SMTP server (no STARTTLS offered): accepts every command, answers RCPT by the recipient's
+    /// local part (`busy` → 451, `nobody` → 550, `throttled` → 450 4.7.1), and keeps each DATA payload.
     struct FakeSmtp {
         port: u16,
         messages: Arc<Mutex<Vec<String>>>,
@@ -174,6 +132,8 @@ mod tests {
                 b"250 fake.test\r\n"
             } else if command.starts_with("RCPT") && line.contains("busy@") {
                 b"451 4.3.0 mailbox busy, try later\r\n"
+            } else if command.starts_with("RCPT") && line.contains("throttled@") {
+                b"450 4.7.1 Error: too much mail from 127.0.0.1\r\n"
             } else if command.starts_with("RCPT") && line.contains("nobody@") {
                 b"550 5.1.1 <nobody@example.com>: user unknown\r\n"
             } else if command.starts_with("DATA") {
@@ -199,10 +159,22 @@ mod tests {
         }
     }
 
+    /// A plain-SMTP client for the fake server (TLS is tested against the sandbox in `transport.rs`).
     fn client(port: u16) -> SmtpClient {
-        let settings =
-            SmtpSettings { host: "127.0.0.1".into(), port, from: "Herald <herald@example.com>".into(), pool_size: 2 };
-        SmtpClient::new(&settings, Duration::from_secs(5)).unwrap()
+        client_with(port, SmtpTls::None)
+    }
+
+    fn client_with(port: u16, tls: SmtpTls) -> SmtpClient {
+        let settings = SmtpSettings {
+            host: "127.0.0.1".into(),
+            port,
+            from: "Herald <herald@example.com>".into(),
+            pool_size: 2,
+            tls,
+            username: String::new(),
+            password: Default::default(),
+        };
+        SmtpClient::new(&settings, Duration::from_secs(5), &[]).unwrap()
     }
 
     fn mail(to: &str, html: Option<&str>) -> SendRequest {
@@ -212,7 +184,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn plain_text_mail_carries_the_delivery_header() {
+    async fn text_mail_gets_a_generated_html_part_and_the_delivery_header() {
         let server = FakeSmtp::start().await;
         let accepted = client(server.port).send(&mail("kim@example.com", None)).await.unwrap();
         assert_eq!(accepted, Accepted::Delivered { provider_message_id: Some("Q4F2A1C".into()) });
@@ -222,8 +194,9 @@ mod tests {
         assert_eq!(parsed.header_raw("X-Herald-Delivery").map(str::trim), Some(DELIVERY_ID));
         assert_eq!(parsed.from().unwrap().first().unwrap().address(), Some("herald@example.com"));
         assert_eq!(parsed.to().unwrap().first().unwrap().address(), Some("kim@example.com"));
-        assert!(raw.contains("Content-Type: text/plain"), "{raw}");
+        assert!(raw.contains("multipart/alternative"), "{raw}");
         assert_eq!(parsed.body_text(0).unwrap().trim(), "Code: 1234");
+        assert_eq!(parsed.body_html(0).unwrap().trim(), message::html_from_text("Code: 1234"));
     }
 
     #[tokio::test]
@@ -257,6 +230,24 @@ mod tests {
         assert!(!error.message.contains("nobody@example.com"), "{}", error.message);
         // The pool recovers: the next message goes through.
         assert!(client.send(&mail("kim@example.com", None)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn throttling_pauses_the_provider() {
+        let server = FakeSmtp::start().await;
+        let error = client(server.port).send(&mail("throttled@example.com", None)).await.unwrap_err();
+        assert_eq!((error.class, error.code.as_str(), error.alert), (ErrorClass::RateLimited, "450", false));
+    }
+
+    #[tokio::test]
+    async fn required_starttls_is_not_given_up_for_a_relay_without_it() {
+        let server = FakeSmtp::start().await;
+        let error = client_with(server.port, SmtpTls::Starttls).send(&mail("kim@example.com", None)).await.unwrap_err();
+        assert_eq!((error.class, error.code.as_str(), error.alert), (ErrorClass::Permanent, "tls", true), "{error}");
+        assert!(server.messages.lock().is_empty());
+        // Opportunistic TLS falls back to plain text when STARTTLS is not offered.
+        client_with(server.port, SmtpTls::Opportunistic).send(&mail("kim@example.com", None)).await.unwrap();
+        assert_eq!(server.messages.lock().len(), 1);
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
-//! The simulated SMTP server (plain, RFC 5321 subset: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT). This
-//! file owns the sockets: accepting under a connection cap, reading lines with a length cap and an idle
-//! timeout, collecting DATA (dot-unstuffing, size cap), applying faults and recording the message once per
-//! recipient. `session.rs` decides what to answer.
+//! The simulated SMTP server (RFC 5321 subset: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, and STARTTLS
+//! per RFC 3207). This file owns the sockets: accepting under a connection cap, reading lines with a length cap
+//! and an idle timeout, the TLS handshake after STARTTLS, collecting DATA (dot-unstuffing, size cap), applying
+//! faults and recording the message once per recipient. The conversation is generic over the stream, so plain
+//! and TLS connections share every rule. `session.rs` decides what to answer.
 
 mod session;
 
@@ -9,9 +10,11 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use rustls::ServerConfig;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use self::session::{Action, HOSTNAME, MAX_MESSAGE_BYTES, Session};
 use super::SandboxState;
@@ -25,14 +28,31 @@ const MAX_COMMAND_LINE: usize = 2048;
 const MAX_DATA_CHUNK: usize = 64 * 1024;
 /// A connection silent this long is closed (RFC 5321 suggests 5 minutes).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A client that says STARTTLS and never finishes its handshake is dropped after this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the last reply, how long and how much unread input is drained before the socket is closed.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 const LINGER_MAX_BYTES: usize = 1024 * 1024;
 /// Connections served at once; more are told to come back later.
 const MAX_CONNECTIONS: usize = 1024;
 
+/// How the listener does STARTTLS.
+#[derive(Clone)]
+pub(crate) struct StartTls {
+    /// The sandbox's certificate, without ALPN.
+    pub acceptor: TlsAcceptor,
+    /// Refuse MAIL before STARTTLS (`sandbox.smtp_require_tls`).
+    pub required: bool,
+}
+
+impl StartTls {
+    pub fn new(config: Arc<ServerConfig>, required: bool) -> StartTls {
+        StartTls { acceptor: TlsAcceptor::from(config), required }
+    }
+}
+
 /// Accepts connections until the sandbox shuts down.
-pub(crate) async fn serve(listener: TcpListener, state: Arc<SandboxState>) {
+pub(crate) async fn serve(listener: TcpListener, state: Arc<SandboxState>, tls: StartTls) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -55,8 +75,9 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<SandboxState>) {
             continue;
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection(stream, &state).await {
+            if let Err(error) = connection(stream, &state, &tls).await {
                 tracing::debug!(%error, "sandbox smtp connection ended");
             }
             drop(permit);
@@ -128,18 +149,45 @@ async fn send<W: AsyncWrite + Unpin>(writer: &mut W, text: &str) -> io::Result<(
     writer.flush().await
 }
 
-async fn connection(stream: TcpStream, state: &SandboxState) -> io::Result<()> {
-    let (read_half, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(read_half);
-    dialogue(&mut reader, &mut writer, state).await?;
-    // Lingering close: closing with unread input makes the kernel send RST, which can destroy the last reply
-    // (a 421 or 500) before the client reads it. So send FIN first and drain what the client still sends.
-    writer.shutdown().await?;
+/// One connection: the plain dialogue, and after STARTTLS the same dialogue over TLS.
+async fn connection(stream: TcpStream, state: &SandboxState, tls: &StartTls) -> io::Result<()> {
+    let mut session = Session::new(tls.required);
+    let mut plain = BufReader::new(stream);
+    send(&mut plain, &format!("220 {HOSTNAME} ESMTP ready\r\n")).await?;
+    match dialogue(&mut plain, &mut session, state).await? {
+        End::Close => close(plain).await,
+        End::StartTls => {
+            // Whatever the client pipelined after STARTTLS arrived in plain text and is thrown away, never read
+            // as if it came over TLS (the STARTTLS command injection of CVE-2011-0411).
+            let stream = plain.into_inner();
+            let handshake = tokio::select! {
+                _ = state.cancel.cancelled() => return Ok(()),
+                handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)) => handshake,
+            };
+            let secure = match handshake {
+                Ok(Ok(secure)) => secure,
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out")),
+            };
+            session.secured();
+            let mut secure = BufReader::new(secure);
+            // The session never asks for STARTTLS twice (a second one is 503), so this dialogue only closes.
+            dialogue(&mut secure, &mut session, state).await?;
+            close(secure).await
+        }
+    }
+}
+
+/// Lingering close: closing with unread input makes the kernel send RST, which can destroy the last reply (a 421
+/// or 500) before the client reads it. So send FIN (after TLS close_notify) first and drain what the client
+/// still sends.
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: BufReader<S>) -> io::Result<()> {
+    stream.shutdown().await?;
     let drain = async {
         let mut sink = [0u8; 8192];
         let mut drained = 0;
         while drained < LINGER_MAX_BYTES {
-            match reader.read(&mut sink).await? {
+            match stream.read(&mut sink).await? {
                 0 => break,
                 n => drained += n,
             }
@@ -150,24 +198,31 @@ async fn connection(stream: TcpStream, state: &SandboxState) -> io::Result<()> {
     Ok(())
 }
 
-async fn dialogue<R, W>(reader: &mut R, writer: &mut W, state: &SandboxState) -> io::Result<()>
-where
-    R: AsyncBufRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut session = Session::default();
-    let mut line = Vec::with_capacity(256);
-    send(writer, &format!("220 {HOSTNAME} ESMTP ready\r\n")).await?;
+/// How a dialogue ended.
+enum End {
+    /// The reply is sent; close the connection.
+    Close,
+    /// `220 Ready to start TLS` is sent; the TLS handshake comes next.
+    StartTls,
+}
 
+/// Reads commands and answers them until the session closes or starts TLS. `stream` is read through its buffer
+/// and written through to the socket (plain or TLS).
+async fn dialogue<S>(stream: &mut BufReader<S>, session: &mut Session, state: &SandboxState) -> io::Result<End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut line = Vec::with_capacity(256);
     loop {
         line.clear();
-        let chunk = match read_or_stop(reader, &mut line, MAX_COMMAND_LINE, state).await? {
+        let chunk = match read_or_stop(stream, &mut line, MAX_COMMAND_LINE, state).await? {
             Ok(chunk) => chunk,
-            Err(stop) => return say_goodbye(writer, stop).await,
+            Err(stop) => return say_goodbye(stream, stop).await.map(|()| End::Close),
         };
         if chunk == Chunk::Partial {
             // Either far too long or cut off by EOF; in both cases the stream cannot be trusted any more.
-            return send(writer, "500 5.5.2 Error: line too long\r\n").await;
+            send(stream, "500 5.5.2 Error: line too long\r\n").await?;
+            return Ok(End::Close);
         }
         let text = String::from_utf8_lossy(&line);
         let refused_before = session.refused_recipients;
@@ -176,16 +231,23 @@ where
             state.stats.rejected(ProviderKind::Smtp);
         }
         match action {
-            Action::Reply(reply) => send(writer, &reply).await?,
-            Action::Close(reply) => return send(writer, &reply).await,
+            Action::Reply(reply) => send(stream, &reply).await?,
+            Action::Close(reply) => {
+                send(stream, &reply).await?;
+                return Ok(End::Close);
+            }
+            Action::StartTls(reply) => {
+                send(stream, &reply).await?;
+                return Ok(End::StartTls);
+            }
             Action::Data(reply) => {
-                send(writer, &reply).await?;
-                let data = match collect_data(reader, state).await? {
+                send(stream, &reply).await?;
+                let data = match collect_data(stream, state).await? {
                     Ok(data) => data,
-                    Err(stop) => return say_goodbye(writer, stop).await,
+                    Err(stop) => return say_goodbye(stream, stop).await.map(|()| End::Close),
                 };
-                let reply = finish_message(state, &mut session, data).await;
-                send(writer, &reply).await?;
+                let reply = finish_message(state, session, data).await;
+                send(stream, &reply).await?;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The SMTP conversation without I/O: one [`Session`] per connection turns command lines into replies and
-//! keeps the envelope (sender, recipients). The listener (`mod.rs`) does the reading, DATA collection and
-//! faults; this file is what RFC 5321 says to answer, and is unit-tested line by line.
+//! keeps the envelope (sender, recipients). The listener (`mod.rs`) does the reading, DATA collection, the TLS
+//! handshake after STARTTLS and faults; this file is what RFC 5321 and RFC 3207 (STARTTLS) say to answer, and is
+//! unit-tested line by line.
 
 use mail_parser::{MessageParser, PartType};
 
@@ -23,6 +24,8 @@ pub(super) enum Action {
     Data(String),
     /// Send this reply and close the connection.
     Close(String),
+    /// Send this reply (220), then run the TLS handshake and carry on over TLS with [`Session::secured`].
+    StartTls(String),
 }
 
 /// The sender and recipients of the message being sent.
@@ -35,6 +38,10 @@ pub(super) struct Envelope {
 /// One connection's protocol state.
 #[derive(Debug, Default)]
 pub(super) struct Session {
+    /// MAIL is refused until the connection is encrypted (`sandbox.smtp_require_tls`).
+    require_tls: bool,
+    /// The connection went through STARTTLS.
+    secure: bool,
     greeted: bool,
     from: Option<String>,
     recipients: Vec<String>,
@@ -61,6 +68,19 @@ fn path_argument<'a>(argument: &'a str, keyword: &str) -> Option<(&'a str, &'a s
 }
 
 impl Session {
+    /// A new connection's session; with `require_tls`, MAIL waits for STARTTLS.
+    pub fn new(require_tls: bool) -> Session {
+        Session { require_tls, ..Session::default() }
+    }
+
+    /// The TLS handshake after STARTTLS succeeded. RFC 3207 §4.2: forget everything learnt before it (the
+    /// greeting included), so the client must EHLO again. The error count carries over: it bounds the connection.
+    pub fn secured(&mut self) {
+        self.secure = true;
+        self.greeted = false;
+        self.reset();
+    }
+
     /// Handles one command line (without its CRLF).
     pub fn command(&mut self, line: &str) -> Action {
         let (verb, argument) = match line.split_once(' ') {
@@ -72,9 +92,11 @@ impl Session {
             "EHLO" => {
                 self.greeted = true;
                 self.reset();
+                // STARTTLS is offered only on a plain connection (RFC 3207 §4.2).
+                let starttls = if self.secure { "" } else { "250-STARTTLS\r\n" };
                 Action::Reply(format!(
                     "250-{HOSTNAME} greets {argument}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE \
-                     {MAX_MESSAGE_BYTES}\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n"
+                     {MAX_MESSAGE_BYTES}\r\n{starttls}250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n"
                 ))
             }
             "HELO" => {
@@ -94,7 +116,8 @@ impl Session {
             }
             "NOOP" => reply("250 2.0.0 Ok"),
             "QUIT" => Action::Close("221 2.0.0 Bye\r\n".to_string()),
-            "VRFY" | "EXPN" | "HELP" | "TURN" | "ETRN" | "AUTH" | "STARTTLS" | "BDAT" => {
+            "STARTTLS" => self.starttls(argument),
+            "VRFY" | "EXPN" | "HELP" | "TURN" | "ETRN" | "AUTH" | "BDAT" => {
                 reply("502 5.5.1 Error: command not implemented")
             }
             _ => reply("500 5.5.2 Error: command not recognized"),
@@ -102,9 +125,28 @@ impl Session {
         self.count_errors(action)
     }
 
+    fn starttls(&mut self, argument: &str) -> Action {
+        if !argument.is_empty() {
+            return reply("501 5.5.4 Syntax: STARTTLS");
+        }
+        if self.secure {
+            return reply("503 5.5.1 Error: TLS already active");
+        }
+        if !self.greeted {
+            return reply("503 5.5.1 Error: send EHLO first");
+        }
+        if self.from.is_some() {
+            return reply("503 5.5.1 Error: MAIL transaction in progress");
+        }
+        Action::StartTls("220 2.0.0 Ready to start TLS\r\n".to_string())
+    }
+
     fn mail(&mut self, argument: &str) -> Action {
         if !self.greeted {
             return reply("503 5.5.1 Error: send EHLO or HELO first");
+        }
+        if self.require_tls && !self.secure {
+            return reply("530 5.7.0 Must issue a STARTTLS command first");
         }
         if self.from.is_some() {
             return reply("503 5.5.1 Error: nested MAIL command");
@@ -209,7 +251,7 @@ mod tests {
 
     fn code(action: &Action) -> &str {
         match action {
-            Action::Reply(text) | Action::Data(text) | Action::Close(text) => &text[..3],
+            Action::Reply(text) | Action::Data(text) | Action::Close(text) | Action::StartTls(text) => &text[..3],
         }
     }
 
@@ -240,6 +282,40 @@ mod tests {
         for extension in ["PIPELINING", "8BITMIME", "SIZE 10485760"] {
             assert!(lines.iter().any(|l| l[4..] == *extension), "{extension}");
         }
+    }
+
+    fn ehlo_lines(session: &mut Session) -> Vec<String> {
+        let Action::Reply(text) = session.command("EHLO client") else { panic!("EHLO must reply") };
+        text.trim_end().split("\r\n").map(|l| l[4..].to_string()).collect()
+    }
+
+    #[test]
+    fn starttls_is_offered_once_and_resets_the_session() {
+        let mut session = Session::default();
+        assert!(ehlo_lines(&mut session).contains(&"STARTTLS".to_string()));
+        assert_eq!(run(&mut session, &["STARTTLS now", "MAIL FROM:<a@x.com>", "STARTTLS"]), ["501", "250", "503"]);
+        assert_eq!(run(&mut session, &["RSET"]), ["250"]);
+        assert!(
+            matches!(session.command("STARTTLS"), Action::StartTls(text) if text == "220 2.0.0 Ready to start TLS\r\n")
+        );
+        session.secured();
+        // RFC 3207: the client must greet again, and STARTTLS is neither offered nor accepted any more.
+        assert_eq!(run(&mut session, &["MAIL FROM:<a@x.com>"]), ["503"]);
+        assert!(!ehlo_lines(&mut session).contains(&"STARTTLS".to_string()));
+        assert_eq!(run(&mut session, &["STARTTLS", "MAIL FROM:<a@x.com>"]), ["503", "250"]);
+    }
+
+    #[test]
+    fn starttls_needs_a_greeting_first() {
+        assert_eq!(run(&mut Session::default(), &["STARTTLS"]), ["503"]);
+    }
+
+    #[test]
+    fn required_tls_refuses_mail_until_starttls() {
+        let mut session = Session::new(true);
+        assert_eq!(run(&mut session, &["EHLO c", "MAIL FROM:<a@x.com>", "STARTTLS"]), ["250", "530", "220"]);
+        session.secured();
+        assert_eq!(run(&mut session, &["EHLO c", "MAIL FROM:<a@x.com>"]), ["250", "250"]);
     }
 
     #[test]
