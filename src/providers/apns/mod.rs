@@ -1,4 +1,5 @@
-//! APNs provider API (`POST {base}/3/device/{token}`) for iOS tokens.
+//! APNs provider API (`POST {base}/3/device/{token}` over HTTP/2 + TLS) for iOS tokens, authorized by an ES256
+//! provider token.
 
 mod client;
 mod error;
@@ -8,4 +9,4 @@ mod token;
 pub use client::ApnsClient;
 pub use error::ApnsError;
 pub use settings::ApnsSettings;
-pub use token::{ProviderTokenSource, StaticProviderToken};
+pub use token::{Clock, Es256ProviderToken, ProviderTokenSource, TOKEN_TTL_RANGE_S, system_clock};
