@@ -6,6 +6,9 @@ mod error;
 mod settings;
 mod token;
 
+#[cfg(test)]
+mod sandbox_tests;
+
 pub use client::ApnsClient;
 pub use error::ApnsError;
 pub use settings::ApnsSettings;
