@@ -51,7 +51,8 @@ async fn a_429_storm_pauses_the_provider_for_retry_after_and_everything_is_deliv
         let n = app.wait_final(id).await;
         let delivery = &n["deliveries"][0];
         assert_eq!(delivery["status"], "delivered", "{n}");
-        attempts_by_delivery.insert(delivery["id"].as_str().unwrap().to_string(), delivery["attempts"].as_u64().unwrap());
+        attempts_by_delivery
+            .insert(delivery["id"].as_str().unwrap().to_string(), delivery["attempts"].as_u64().unwrap());
     }
 
     let requests = app.sandbox().requests(ProviderKind::Fcm);

@@ -99,7 +99,15 @@ async fn report_chaos_counts_each_delivery_once_and_fails_the_dropped_by_timeout
     let template = json!({"channels": {"alimtalk": {"ko": {"body": "{{n}}번째 알림", "templatecode": "T-CHAOS"}}}});
     assert_eq!(app.put("/v1/templates/chaos", template).await.0, 200);
     for u in 0..USERS {
-        assert_eq!(app.put(&format!("/v1/users/chaos-{u}"), json!({"phone": format!("010-{:04}-{:04}", u / 10000, u % 10000 + 1000)})).await.0, 200);
+        assert_eq!(
+            app.put(
+                &format!("/v1/users/chaos-{u}"),
+                json!({"phone": format!("010-{:04}-{:04}", u / 10000, u % 10000 + 1000)})
+            )
+            .await
+            .0,
+            200
+        );
     }
     let chaos = herald::sandbox::FaultSettings {
         report_jitter_ms: 400,
@@ -135,13 +143,18 @@ async fn report_chaos_counts_each_delivery_once_and_fails_the_dropped_by_timeout
         }
         duplicated += usize::from(entry.duplicate);
     }
-    assert!(!dropped.is_empty() && duplicated > 0, "the chaos happened: {} dropped, {duplicated} duplicated", dropped.len());
+    assert!(
+        !dropped.is_empty() && duplicated > 0,
+        "the chaos happened: {} dropped, {duplicated} duplicated",
+        dropped.len()
+    );
 
     let (mut delivered, mut timed_out) = (0, 0);
     for n in &finals {
         let delivery = &n["deliveries"][0];
         let id = delivery["id"].as_str().unwrap();
-        let kinds: Vec<&str> = delivery["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        let kinds: Vec<&str> =
+            delivery["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
         if posted.contains_key(id) {
             assert_eq!(delivery["status"], "delivered", "{n}");
             assert_eq!(kinds, ["requested", "sent", "delivered"], "one delivered event however many reports: {n}");
@@ -155,10 +168,15 @@ async fn report_chaos_counts_each_delivery_once_and_fails_the_dropped_by_timeout
         }
     }
     assert_eq!(delivered + timed_out, SENDS);
-    let delivered_metric = metric(&app, "herald_deliveries_total{channel=\"alimtalk\",provider=\"bizppurio\",outcome=\"delivered\"}").await;
-    let failed_metric = metric(&app, "herald_deliveries_total{channel=\"alimtalk\",provider=\"bizppurio\",outcome=\"failed\"}").await;
+    let delivered_metric =
+        metric(&app, "herald_deliveries_total{channel=\"alimtalk\",provider=\"bizppurio\",outcome=\"delivered\"}")
+            .await;
+    let failed_metric =
+        metric(&app, "herald_deliveries_total{channel=\"alimtalk\",provider=\"bizppurio\",outcome=\"failed\"}").await;
     assert_eq!((delivered_metric, failed_metric), (delivered as u64, timed_out as u64), "each delivery counted once");
     assert_eq!(metric(&app, "herald_report_timeouts_total{provider=\"bizppurio\"}").await, timed_out as u64);
-    println!("report chaos: {SENDS} sent | {delivered} delivered | {timed_out} failed by report timeout | {duplicated} duplicate reports");
+    println!(
+        "report chaos: {SENDS} sent | {delivered} delivered | {timed_out} failed by report timeout | {duplicated} duplicate reports"
+    );
     app.running.stop().await;
 }

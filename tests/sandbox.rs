@@ -5,6 +5,8 @@
 // The crate root is this file, so submodules need explicit paths into `tests/sandbox/`.
 #[path = "sandbox/admin.rs"]
 mod admin;
+#[path = "sandbox/apns.rs"]
+mod apns;
 #[path = "sandbox/email.rs"]
 mod email;
 #[path = "sandbox/faults.rs"]
@@ -75,6 +77,8 @@ pub fn settings(seed: u64, faults: BTreeMap<ProviderKind, FaultSettings>) -> San
         fcm_service_accounts: Vec::new(),
         fcm_token_lifetime_s: 3600,
         smtp_require_tls: false,
+        apns_keys: Vec::new(),
+        apns_token_max_age_s: 3600,
     }
 }
 
@@ -92,6 +96,17 @@ pub async fn spawn_configured(settings: SandboxSettings, report_url: &str) -> Sa
     // No proxy: the sandbox is on loopback and an HTTP_PROXY in the environment must not reroute requests.
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     Sandbox { handle, http }
+}
+
+/// A client for the sandbox's TLS listener: trusts its CA, speaks HTTP/2 when offered by ALPN.
+pub fn tls_client(handle: &SandboxHandle) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(handle.ca_pem().as_bytes()).expect("the sandbox CA is PEM");
+    reqwest::Client::builder().no_proxy().add_root_certificate(ca).build().unwrap()
+}
+
+/// The URL of `path` on the sandbox's TLS listener.
+pub fn tls_url(handle: &SandboxHandle, path: &str) -> String {
+    format!("https://{}{path}", handle.tls_addr())
 }
 
 /// Polls `check` until it yields a value; fails the test after [`DEADLINE`].

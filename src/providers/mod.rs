@@ -166,7 +166,7 @@ pub fn build(settings: &ProvidersSettings, callback_base: &str) -> Result<Vec<Ar
     let roots = http::extra_roots(&settings.extra_root_ca_file, settings.extra_root_ca_pem.as_deref())?;
     let http = http::client(timeout, &roots)?;
     let smtp_roots = smtp::extra_root_pems(&settings.extra_root_ca_file, settings.extra_root_ca_pem.as_deref())?;
-    let apns_token = Arc::new(apns::StaticProviderToken::new(settings.apns.provider_token.expose())?);
+    let apns_token = Arc::new(apns::Es256ProviderToken::from_settings(&settings.apns)?);
     Ok(vec![
         Arc::new(fcm::FcmClient::new(http.clone(), &settings.fcm)?),
         Arc::new(apns::ApnsClient::new(http.clone(), &settings.apns, apns_token)?),

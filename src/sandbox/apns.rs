@@ -1,13 +1,16 @@
-//! Simulated APNs provider API: `POST /3/device/{token}` with `authorization: bearer <jwt>` and `apns-*`
-//! headers. Answers 200 with an empty body and the `apns-id` header, or `{"reason": "..."}` errors. (Plain
-//! HTTP/1.1 on loopback: the real service's HTTP/2 + TLS is the client's business, not the sandbox's.)
+//! Simulated APNs provider API: `POST /3/device/{token}` over HTTP/2 (so, in practice, on the TLS listener with
+//! `h2` by ALPN), with `authorization: bearer <provider JWT>` (verified in `jwt.rs`) and `apns-*` headers.
+//! Answers 200 with an empty body and the `apns-id` header, or `{"reason": "..."}` errors. A request over
+//! HTTP/1.x is answered 505 `HTTP2Required` (the real service only speaks HTTP/2).
+
+mod jwt;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
@@ -34,6 +37,8 @@ const PUSH_TYPES: [&str; 10] = [
     "pushtotalk",
     "widgets",
 ];
+
+pub(crate) use jwt::TrustedKeys;
 
 pub(crate) fn routes() -> Router<Arc<SandboxState>> {
     Router::new().route("/3/device/{token}", post(send))
@@ -64,10 +69,11 @@ impl IntoResponse for ApnsError {
 async fn send(
     State(state): State<Arc<SandboxState>>,
     Path(token): Path<String>,
+    version: Version,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let answer = handle(&state, token, &headers, &body).await;
+    let answer = handle(&state, token, version, &headers, &body).await;
     // APNs echoes the apns-id on errors too, so a client can match them.
     let apns_id = match &answer {
         Ok(id) => Some(id.clone()),
@@ -82,7 +88,17 @@ async fn send(
 }
 
 /// Returns the apns-id of the accepted notification.
-async fn handle(state: &SandboxState, token: String, headers: &HeaderMap, body: &[u8]) -> Result<String, ApnsError> {
+async fn handle(
+    state: &SandboxState,
+    token: String,
+    version: Version,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<String, ApnsError> {
+    if version != Version::HTTP_2 {
+        return Err(error(StatusCode::HTTP_VERSION_NOT_SUPPORTED, "HTTP2Required"));
+    }
+    check_auth(&state.apns_keys, headers, jiff::Timestamp::now().as_second())?;
     check_headers(headers)?;
     if body.len() > MAX_PAYLOAD_BYTES {
         return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"));
@@ -126,15 +142,18 @@ async fn handle(state: &SandboxState, token: String, headers: &HeaderMap, body: 
     Ok(apns_id)
 }
 
-/// Auth and the `apns-*` headers, checked before the payload as APNs does.
-fn check_headers(headers: &HeaderMap) -> Result<(), ApnsError> {
-    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+/// The provider token: present, a bearer JWT, signed by a trusted key for its team, and not too old.
+fn check_auth(keys: &TrustedKeys, headers: &HeaderMap, now: i64) -> Result<(), ApnsError> {
     if headers.get(axum::http::header::AUTHORIZATION).is_none() {
         return Err(error(StatusCode::FORBIDDEN, "MissingProviderToken"));
     }
-    if bearer(headers).is_none() {
-        return Err(error(StatusCode::FORBIDDEN, "InvalidProviderToken"));
-    }
+    let jwt = bearer(headers).ok_or(error(StatusCode::FORBIDDEN, "InvalidProviderToken"))?;
+    keys.check(jwt, now).map_err(|refusal| error(StatusCode::FORBIDDEN, refusal.reason()))
+}
+
+/// The `apns-*` headers, checked after auth and before the payload as APNs does.
+fn check_headers(headers: &HeaderMap) -> Result<(), ApnsError> {
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
     if header("apns-topic").is_none_or(|topic| topic.trim().is_empty()) {
         return Err(error(StatusCode::BAD_REQUEST, "MissingTopic"));
     }
@@ -174,16 +193,25 @@ mod tests {
 
     #[test]
     fn headers_are_checked_in_order() {
-        let auth = ("authorization", "bearer eyJ.x.y");
         let topic = ("apns-topic", "com.example.app");
-        assert_eq!(reason(&[]), Some("MissingProviderToken"));
-        assert_eq!(reason(&[("authorization", "basic x")]), Some("InvalidProviderToken"));
-        assert_eq!(reason(&[auth]), Some("MissingTopic"));
-        assert_eq!(reason(&[auth, topic]), None);
-        assert_eq!(reason(&[auth, topic, ("apns-push-type", "shout")]), Some("InvalidPushType"));
-        assert_eq!(reason(&[auth, topic, ("apns-priority", "7")]), Some("BadPriority"));
-        assert_eq!(reason(&[auth, topic, ("apns-expiration", "soon")]), Some("BadExpirationDate"));
-        assert_eq!(reason(&[auth, topic, ("apns-id", "nope")]), Some("BadMessageId"));
-        assert_eq!(reason(&[auth, topic, ("apns-id", "123e4567-e89b-12d3-a456-426614174000")]), None);
+        assert_eq!(reason(&[]), Some("MissingTopic"));
+        assert_eq!(reason(&[topic]), None);
+        assert_eq!(reason(&[topic, ("apns-push-type", "shout")]), Some("InvalidPushType"));
+        assert_eq!(reason(&[topic, ("apns-priority", "7")]), Some("BadPriority"));
+        assert_eq!(reason(&[topic, ("apns-expiration", "soon")]), Some("BadExpirationDate"));
+        assert_eq!(reason(&[topic, ("apns-collapse-id", "c".repeat(65).leak())]), Some("BadCollapseId"));
+        assert_eq!(reason(&[topic, ("apns-id", "nope")]), Some("BadMessageId"));
+        assert_eq!(reason(&[topic, ("apns-id", "123e4567-e89b-12d3-a456-426614174000")]), None);
+    }
+
+    #[test]
+    fn auth_needs_a_bearer_provider_token() {
+        let keys = TrustedKeys::new(&[], 3600).unwrap();
+        let refused = |pairs: &[(&'static str, &'static str)]| {
+            check_auth(&keys, &headers(pairs), 1_700_000_000).err().map(|e| (e.status.as_u16(), e.reason))
+        };
+        assert_eq!(refused(&[]), Some((403, "MissingProviderToken")));
+        assert_eq!(refused(&[("authorization", "basic x")]), Some((403, "InvalidProviderToken")));
+        assert_eq!(refused(&[("authorization", "bearer eyJ.x.y")]), Some((403, "InvalidProviderToken")));
     }
 }

@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use record::ReceivedMessage;
-pub use settings::{FaultSettings, SandboxSettings};
+pub use settings::{ApnsKeySettings, FaultSettings, SandboxSettings};
 pub use tls::install_crypto_provider;
 
 use crate::domain::ProviderKind;
@@ -60,6 +60,7 @@ pub(crate) struct SandboxState {
     pub reports: reports::Reporter,
     pub bizppurio_tokens: bizppurio::Tokens,
     pub fcm_oauth: oauth::GoogleOAuth,
+    pub apns_keys: apns::TrustedKeys,
     pub cancel: CancellationToken,
 }
 
@@ -76,7 +77,7 @@ pub struct SandboxHandle {
 /// Starts the sandbox: binds `settings.listen` (HTTP) and `settings.smtp_listen` (SMTP); port 0 picks a free
 /// port (see [`SandboxHandle::http_addr`]). Bizppurio delivery reports go to `settings.report_url` if set, else
 /// to `report_url` (the engine's `/webhooks/alimtalk`); with both empty, or a URL off this host, no reports are
-/// sent. Fails on invalid fault settings (`InvalidInput`) or when a listener cannot bind.
+/// sent. Fails on invalid fault settings or APNs keys (`InvalidInput`) or when a listener cannot bind.
 pub async fn start(settings: &SandboxSettings, report_url: String) -> io::Result<SandboxHandle> {
     tls::install_crypto_provider();
     let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
@@ -86,6 +87,7 @@ pub async fn start(settings: &SandboxSettings, report_url: String) -> io::Result
     let reports = reports::Reporter::new(&report_url).map_err(invalid)?;
     let fcm_oauth =
         oauth::GoogleOAuth::new(&settings.fcm_service_accounts, settings.fcm_token_lifetime_s).map_err(invalid)?;
+    let apns_keys = apns::TrustedKeys::new(&settings.apns_keys, settings.apns_token_max_age_s).map_err(invalid)?;
 
     let tls = tls::SandboxTls::generate().map_err(io::Error::other)?;
     let https_config = tls.server_config(&[b"h2", b"http/1.1"]).map_err(io::Error::other)?;
@@ -108,6 +110,7 @@ pub async fn start(settings: &SandboxSettings, report_url: String) -> io::Result
         reports,
         bizppurio_tokens: bizppurio::Tokens::default(),
         fcm_oauth,
+        apns_keys,
         cancel: cancel.clone(),
     });
 

@@ -36,10 +36,30 @@ pub struct SandboxSettings {
     /// SMTP refuses MAIL before STARTTLS (`530 5.7.0`), as relays that require encryption do.
     #[serde(default)]
     pub smtp_require_tls: bool,
+    /// APNs signing keys trusted besides the development key (`providers::dev_credentials`).
+    #[serde(default)]
+    pub apns_keys: Vec<ApnsKeySettings>,
+    /// APNs provider tokens issued longer ago than this are answered `ExpiredProviderToken` (APNs: one hour).
+    #[serde(default = "default_apns_token_max_age_s")]
+    pub apns_token_max_age_s: u64,
 }
 
 fn default_fcm_token_lifetime_s() -> u64 {
     3600
+}
+
+fn default_apns_token_max_age_s() -> u64 {
+    3600
+}
+
+/// A key APNs provider tokens may be signed with: tokens naming `key_id` must carry `team_id` as `iss`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsKeySettings {
+    pub key_id: String,
+    pub team_id: String,
+    /// The `.p8` private key, or the key's PEM public key.
+    pub key_file: String,
 }
 
 /// How one simulated provider misbehaves. Rates are probabilities in [0, 1].

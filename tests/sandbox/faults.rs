@@ -29,11 +29,8 @@ async fn send_everywhere(sandbox: &Sandbox, token: &str) -> Vec<(u16, String)> {
     let code = body["error"]["details"][0]["errorCode"].as_str().unwrap_or("").to_string();
     answers.push((status, format!("{code}{}", retry_after.map(|r| format!(" retry-after={r}")).unwrap_or_default())));
 
-    let response = sandbox
-        .http
-        .post(sandbox.url("/3/device/abcdef0123456789"))
-        .header("authorization", "bearer x")
-        .header("apns-topic", "com.x")
+    // APNs only speaks HTTP/2, so it is reached on the TLS listener, with a real provider token.
+    let response = super::apns::apns(sandbox, &super::tls_client(&sandbox.handle), "abcdef0123456789")
         .json(&json!({"aps": {"alert": "hi"}}))
         .send()
         .await

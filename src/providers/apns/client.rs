@@ -1,12 +1,13 @@
-//! The APNs client: one `POST /3/device/{token}` per delivery. HTTP/1.1 without TLS for now (the sandbox);
-//! TLS, HTTP/2 and the ES256 JWT come with their own issue: pass an HTTP/2 client and another
-//! [`ProviderTokenSource`].
+//! The APNs client: one `POST /3/device/{token}` per delivery, over HTTP/2 + TLS (the shared client negotiates
+//! `h2` by ALPN), authorized by the ES256 provider token from a [`ProviderTokenSource`]. An
+//! `ExpiredProviderToken` answer is handled inside the send: re-sign, retry once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use bytes::Bytes;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use super::{ApnsError, ApnsSettings, ProviderTokenSource};
@@ -41,6 +42,38 @@ impl ApnsClient {
             .ok_or_else(|| BuildError::invalid("apns", "topic", "must be a non-empty bundle id"))?;
         Ok(ApnsClient { http, device_url: format!("{base}/3/device/"), topic, tokens })
     }
+
+    /// One POST of `notification` with `authorization`.
+    async fn post(&self, notification: &Outgoing, authorization: &HeaderValue) -> Result<Accepted, Refusal> {
+        let mut builder = self
+            .http
+            .post(&notification.url)
+            .header(AUTHORIZATION, authorization.clone())
+            .header(APNS_TOPIC, self.topic.clone())
+            .header(APNS_PUSH_TYPE, HeaderValue::from_static("alert"))
+            .header(APNS_PRIORITY, HeaderValue::from_static(notification.priority))
+            // The engine carries no per-message expiry yet: 0 asks APNs to try once and not store it.
+            .header(APNS_EXPIRATION, HeaderValue::from_static("0"))
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(notification.payload.clone());
+        if let Some(id) = &notification.apns_id {
+            builder = builder.header(APNS_ID, id.clone());
+        }
+        let response = match builder.send().await {
+            Ok(response) => response,
+            Err(e) => return Err((ApnsError::Transport, http::describe(e), None)),
+        };
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            let echoed = response.headers().get(APNS_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let sent = notification.apns_id.as_ref().and_then(|v| v.to_str().ok().map(str::to_string));
+            return Ok(Accepted::Delivered { provider_message_id: echoed.or(sent) });
+        }
+        let retry_after = http::retry_after(response.headers());
+        let bytes = response.bytes().await.unwrap_or_default();
+        let (error, message) = classify(status, &bytes);
+        Err((error, message, retry_after))
+    }
 }
 
 #[async_trait]
@@ -60,39 +93,43 @@ impl Provider for ApnsClient {
             aps: Aps { alert: Alert { title: request.content.title.as_deref(), body: &request.content.body } },
             herald_delivery_id: &request.delivery_id,
         };
-        let apns_id = apns_id(&request.delivery_id);
-        let authorization = self.tokens.current();
-        let mut builder = self
-            .http
-            .post(url)
-            .header(AUTHORIZATION, authorization.clone())
-            .header(APNS_TOPIC, self.topic.clone())
-            .header(APNS_PUSH_TYPE, HeaderValue::from_static("alert"))
-            .header(APNS_PRIORITY, HeaderValue::from_static(apns_priority(request.priority)))
-            .header(APNS_EXPIRATION, HeaderValue::from_static("0"))
-            .json(&payload);
-        if let Some(id) = &apns_id {
-            builder = builder.header(APNS_ID, id.clone());
-        }
-        let response = match builder.send().await {
-            Ok(response) => response,
-            Err(e) => return Err(refused(ApnsError::Transport, http::describe(e), None, token)),
+        let notification = Outgoing {
+            url,
+            payload: Bytes::from(serde_json::to_vec(&payload).expect("serializable")),
+            apns_id: apns_id(&request.delivery_id),
+            priority: apns_priority(request.priority),
         };
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
-            let echoed = response.headers().get(APNS_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
-            let sent = apns_id.and_then(|v| v.to_str().ok().map(str::to_string));
-            return Ok(Accepted::Delivered { provider_message_id: echoed.or(sent) });
-        }
-        let retry_after = http::retry_after(response.headers());
-        let bytes = response.bytes().await.unwrap_or_default();
-        let (error, message) = classify(status, &bytes);
-        if error == ApnsError::ExpiredProviderToken {
-            self.tokens.expired(&authorization);
-        }
+
+        let authorization = self.tokens.current();
+        let first = self.post(&notification, &authorization).await;
+        let (error, message, retry_after) = match first {
+            Err((ApnsError::ExpiredProviderToken, ..)) => {
+                // APNs judged the token older than an hour (clock skew, a suspended process): re-sign and try
+                // once more. A second refusal is left to the engine's retry.
+                self.tokens.expired(&authorization);
+                let authorization = self.tokens.current();
+                match self.post(&notification, &authorization).await {
+                    Ok(accepted) => return Ok(accepted),
+                    Err(failed) => failed,
+                }
+            }
+            Ok(accepted) => return Ok(accepted),
+            Err(failed) => failed,
+        };
         Err(refused(error, message, retry_after, token))
     }
 }
+
+/// One notification ready to post; built once, since an expired provider token sends it twice.
+struct Outgoing {
+    url: String,
+    payload: Bytes,
+    apns_id: Option<HeaderValue>,
+    priority: &'static str,
+}
+
+/// A failed post: the classified error, its message and the `Retry-After` asked for.
+type Refusal = (ApnsError, String, Option<Duration>);
 
 fn refused(error: ApnsError, message: String, retry_after: Option<Duration>, token: &str) -> ProviderError {
     let label = error.metric_label();
@@ -156,10 +193,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::config::Secret;
     use crate::domain::Platform;
     use crate::providers::ErrorClass;
-    use crate::providers::apns::StaticProviderToken;
     use crate::providers::testing::{Canned, DELIVERY_ID, FakePeer, dead_base_url, http_client, request};
 
     fn settings(base_url: &str) -> ApnsSettings {
@@ -168,13 +203,39 @@ mod tests {
             topic: "com.example.herald".into(),
             team_id: "TEAMID1234".into(),
             key_id: "KEYID12345".into(),
-            provider_token: Secret::new("jwt-1"),
+            key_file: String::new(),
+            token_ttl_s: 2400,
         }
     }
 
+    /// Tokens `bearer jwt-1`, `bearer jwt-2`, …: `expired` moves on to the next one (the signing itself is
+    /// tested in `token.rs` and against the sandbox).
+    #[derive(Default)]
+    struct NumberedTokens {
+        generation: AtomicUsize,
+        expired: AtomicUsize,
+    }
+
+    impl ProviderTokenSource for NumberedTokens {
+        fn current(&self) -> HeaderValue {
+            let n = self.generation.load(Ordering::SeqCst) + 1;
+            HeaderValue::from_str(&format!("bearer jwt-{n}")).unwrap()
+        }
+        fn expired(&self, rejected: &HeaderValue) {
+            self.expired.fetch_add(1, Ordering::SeqCst);
+            if *rejected == self.current() {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn client_with(base_url: &str) -> (ApnsClient, Arc<NumberedTokens>) {
+        let tokens = Arc::new(NumberedTokens::default());
+        (ApnsClient::new(http_client(), &settings(base_url), tokens.clone()).unwrap(), tokens)
+    }
+
     fn client(base_url: &str) -> ApnsClient {
-        let tokens = Arc::new(StaticProviderToken::new("jwt-1").unwrap());
-        ApnsClient::new(http_client(), &settings(base_url), tokens).unwrap()
+        client_with(base_url).0
     }
 
     fn push(token: &str, priority: Priority) -> SendRequest {
@@ -249,9 +310,11 @@ mod tests {
             (403, "InvalidProviderToken", ErrorClass::Permanent),
             (403, "MissingProviderToken", ErrorClass::Permanent),
             (403, "ExpiredProviderToken", ErrorClass::Retryable),
-            (429, "TooManyRequests", ErrorClass::Retryable),
+            (429, "TooManyRequests", ErrorClass::RateLimited),
+            (429, "TooManyProviderTokenUpdates", ErrorClass::Retryable),
             (500, "InternalServerError", ErrorClass::Retryable),
             (503, "ServiceUnavailable", ErrorClass::Retryable),
+            (503, "Shutdown", ErrorClass::Retryable),
         ];
         let peer = FakePeer::start(move |r| {
             let reason = r.target.rsplit('/').next().unwrap().to_string();
@@ -264,32 +327,38 @@ mod tests {
         for (_, reason, class) in cases {
             let error = client.send(&push(reason, Priority::Normal)).await.unwrap_err();
             assert_eq!((error.class, error.code.as_str()), (class, reason));
-            let expected_wait = (class == ErrorClass::Retryable).then_some(Duration::from_secs(5));
+            let expected_wait = class.is_retried().then_some(Duration::from_secs(5));
             assert_eq!(error.retry_after, expected_wait, "{reason}");
-        }
-    }
-
-    struct CountingTokens {
-        expired: AtomicUsize,
-    }
-
-    impl ProviderTokenSource for CountingTokens {
-        fn current(&self) -> HeaderValue {
-            HeaderValue::from_static("bearer old")
-        }
-        fn expired(&self, rejected: &HeaderValue) {
-            assert_eq!(rejected, "bearer old");
-            self.expired.fetch_add(1, Ordering::SeqCst);
+            let alert = matches!(reason, "Forbidden" | "InvalidProviderToken" | "MissingProviderToken");
+            assert_eq!(error.alert, alert, "{reason}");
         }
     }
 
     #[tokio::test]
-    async fn an_expired_provider_token_is_reported_to_its_source() {
+    async fn an_expired_provider_token_is_re_signed_and_the_send_retried_once() {
+        let peer = FakePeer::start(|r| match r.header("authorization") {
+            Some("bearer jwt-1") => Canned::json(403, json!({"reason": "ExpiredProviderToken"})),
+            _ => Canned::empty(200),
+        })
+        .await;
+        let (client, tokens) = client_with(&peer.base_url);
+        let accepted = client.send(&push("a1", Priority::Normal)).await.unwrap();
+        assert!(matches!(accepted, Accepted::Delivered { .. }));
+        let sent = peer.requests();
+        let auth: Vec<_> = sent.iter().map(|r| r.header("authorization").unwrap()).collect();
+        assert_eq!(auth, ["bearer jwt-1", "bearer jwt-2"]);
+        assert_eq!(sent[0].body, sent[1].body, "the same notification, sent again");
+        assert_eq!(sent[1].header("apns-id"), Some("0190f5e2-a3b4-7c8d-9e0f-1a2b3c4d5e6f"));
+        assert_eq!(tokens.expired.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_second_expired_answer_is_left_to_the_engine_retry() {
         let peer = FakePeer::start(|_| Canned::json(403, json!({"reason": "ExpiredProviderToken"}))).await;
-        let tokens = Arc::new(CountingTokens { expired: AtomicUsize::new(0) });
-        let client = ApnsClient::new(http_client(), &settings(&peer.base_url), tokens.clone()).unwrap();
+        let (client, tokens) = client_with(&peer.base_url);
         let error = client.send(&push("a1", Priority::Normal)).await.unwrap_err();
-        assert_eq!(error.class, ErrorClass::Retryable);
+        assert_eq!((error.class, error.code.as_str()), (ErrorClass::Retryable, "ExpiredProviderToken"));
+        assert_eq!(peer.requests().len(), 2, "one retry, not a loop");
         assert_eq!(tokens.expired.load(Ordering::SeqCst), 1);
     }
 
