@@ -70,6 +70,7 @@ pub fn settings(seed: u64, faults: BTreeMap<ProviderKind, FaultSettings>) -> San
         report_url: String::new(),
         seed,
         faults,
+        bizppurio_token_lifetime_s: 86_400,
     }
 }
 

@@ -1,9 +1,11 @@
 //! Per-provider counters of the sandbox: requests accepted and rejected (auth, validation, injected faults,
-//! address rules) and delivery reports posted or lost. Lock-free, so every handler can bump them.
+//! address rules, counted by the answer's status) and delivery reports posted, lost, dropped by faults or
+//! duplicated by faults. Lock-free, so every handler can bump them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::response::Response;
 use serde::Serialize;
 
 use crate::domain::ProviderKind;
@@ -14,6 +16,8 @@ struct Counters {
     rejected: AtomicU64,
     reports_sent: AtomicU64,
     reports_failed: AtomicU64,
+    reports_dropped: AtomicU64,
+    reports_duplicated: AtomicU64,
 }
 
 /// One provider's counts, as `GET /_sandbox/stats` shows them.
@@ -23,6 +27,10 @@ pub(crate) struct ProviderStats {
     pub rejected: u64,
     pub reports_sent: u64,
     pub reports_failed: u64,
+    /// Reports never posted (`report_drop_rate`).
+    pub reports_dropped: u64,
+    /// Reports posted a second time (`report_duplicate_rate`); each copy also counts in sent or failed.
+    pub reports_duplicated: u64,
 }
 
 #[derive(Default)]
@@ -45,18 +53,24 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a handler's answer: `Ok` accepted, `Err` rejected. Returns it unchanged.
-    pub fn tally<T>(&self, kind: ProviderKind, answer: Result<T, T>) -> T {
-        match answer {
-            Ok(accepted) => {
-                self.accepted(kind);
-                accepted
-            }
-            Err(rejected) => {
-                self.rejected(kind);
-                rejected
-            }
+    pub fn report_dropped(&self, kind: ProviderKind) {
+        self.counters[kind.index()].reports_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn report_duplicated(&self, kind: ProviderKind) {
+        self.counters[kind.index()].reports_duplicated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a handler's answer by its status: 2xx accepted, anything else rejected (a handler may answer an
+    /// injected fault with a ready-made response, see `faults.rs`). Returns it unchanged.
+    pub fn tally(&self, kind: ProviderKind, answer: Result<Response, Response>) -> Response {
+        let (Ok(response) | Err(response)) = answer;
+        if response.status().is_success() {
+            self.accepted(kind);
+        } else {
+            self.rejected(kind);
         }
+        response
     }
 
     pub fn snapshot(&self) -> BTreeMap<ProviderKind, ProviderStats> {
@@ -69,6 +83,8 @@ impl Stats {
                     rejected: c.rejected.load(Ordering::Relaxed),
                     reports_sent: c.reports_sent.load(Ordering::Relaxed),
                     reports_failed: c.reports_failed.load(Ordering::Relaxed),
+                    reports_dropped: c.reports_dropped.load(Ordering::Relaxed),
+                    reports_duplicated: c.reports_duplicated.load(Ordering::Relaxed),
                 };
                 (kind, stats)
             })
