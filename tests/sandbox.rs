@@ -79,6 +79,7 @@ pub fn settings(seed: u64, faults: BTreeMap<ProviderKind, FaultSettings>) -> San
         smtp_require_tls: false,
         apns_keys: Vec::new(),
         apns_token_max_age_s: 3600,
+        bizppurio_token_lifetime_s: 86_400,
     }
 }
 

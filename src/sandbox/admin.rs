@@ -1,5 +1,5 @@
-//! The sandbox's own admin API under `/_sandbox`: read and clear the record, read and change faults, read the
-//! counters. Errors are `{"error": {"code", "message"}}` like Herald's API.
+//! The sandbox's own admin API under `/_sandbox`: read and clear the record, the request log and the report log,
+//! read and change faults, read the counters. Errors are `{"error": {"code", "message"}}` like Herald's API.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use axum::routing::{get, put};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::journal;
 use super::record::Filter;
 use super::{FaultSettings, SIMULATED, SandboxState, parse_provider};
 use crate::domain::Channel;
@@ -24,6 +25,8 @@ pub(crate) fn routes() -> Router<Arc<SandboxState>> {
         .route("/_sandbox/faults", get(get_faults))
         .route("/_sandbox/faults/{provider}", put(put_faults))
         .route("/_sandbox/stats", get(get_stats))
+        .route("/_sandbox/requests", get(list_requests).delete(clear_requests))
+        .route("/_sandbox/reports", get(list_reports).delete(clear_reports))
 }
 
 fn bad_request(code: &str, message: impl Into<String>) -> Response {
@@ -99,4 +102,56 @@ async fn put_faults(State(state): State<Arc<SandboxState>>, Path(provider): Path
 
 async fn get_stats(State(state): State<Arc<SandboxState>>) -> Response {
     Json(state.stats.snapshot()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalQuery {
+    provider: Option<String>,
+    reference: Option<String>,
+}
+
+/// The journal filter a query asks for, or the error code and message of the 400 answer.
+fn journal_filter(
+    query: Result<Query<JournalQuery>, QueryRejection>,
+) -> Result<journal::Filter, (&'static str, String)> {
+    let Ok(Query(query)) = query else {
+        return Err(("invalid_query", "known parameters: provider, reference".to_string()));
+    };
+    let provider = match query.provider.filter(|p| !p.is_empty()) {
+        None => None,
+        Some(name) => match parse_provider(&name) {
+            Some(provider) => Some(provider),
+            None => return Err(("invalid_provider", format!("unknown provider {name:?}"))),
+        },
+    };
+    Ok(journal::Filter { provider, reference: query.reference.filter(|r| !r.is_empty()) })
+}
+
+async fn list_requests(
+    State(state): State<Arc<SandboxState>>,
+    query: Result<Query<JournalQuery>, QueryRejection>,
+) -> Response {
+    match journal_filter(query) {
+        Ok(filter) => Json(state.journal.requests(&filter)).into_response(),
+        Err((code, message)) => bad_request(code, message),
+    }
+}
+
+async fn clear_requests(State(state): State<Arc<SandboxState>>) -> Response {
+    Json(json!({"cleared": state.journal.clear_requests()})).into_response()
+}
+
+async fn list_reports(
+    State(state): State<Arc<SandboxState>>,
+    query: Result<Query<JournalQuery>, QueryRejection>,
+) -> Response {
+    match journal_filter(query) {
+        Ok(filter) => Json(state.journal.reports(&filter)).into_response(),
+        Err((code, message)) => bad_request(code, message),
+    }
+}
+
+async fn clear_reports(State(state): State<Arc<SandboxState>>) -> Response {
+    Json(json!({"cleared": state.journal.clear_reports()})).into_response()
 }

@@ -112,6 +112,9 @@ async fn handle(
         Verdict::Pass => {}
         Verdict::Retryable => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")),
         Verdict::Permanent => return Err(error(StatusCode::BAD_REQUEST, "BadDeviceToken")),
+        // Real APNs sends no Retry-After with its 429; the sandbox's request layer adds one.
+        Verdict::RateLimited { .. } => return Err(error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests")),
+        Verdict::Unregistered => return Err(error(StatusCode::GONE, "Unregistered")),
     }
     if token.contains("unregistered") {
         return Err(error(StatusCode::GONE, "Unregistered"));

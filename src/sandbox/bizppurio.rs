@@ -1,6 +1,7 @@
-//! Simulated Bizppurio v3 alimtalk API: `POST /v1/token` (basic auth → bearer token, 24 h) and
-//! `POST /v3/message` (bearer, JSON with `refkey`). Answers `{"code": 1000, ...}` (accepted, not delivered) and
-//! then posts the delivery-report JSON to the report URL after the provider's `report_delay_ms`.
+//! Simulated Bizppurio v3 alimtalk API: `POST /v1/token` (basic auth → bearer token, 24 h unless
+//! `sandbox.bizppurio_token_lifetime_s` says otherwise) and `POST /v3/message` (bearer, JSON with `refkey`).
+//! Answers `{"code": 1000, ...}` (accepted, not delivered) and then posts the delivery-report JSON to the report
+//! URL as the provider's report faults decide (`reports.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderValue;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
@@ -26,7 +28,6 @@ use super::reports::{self, Body, Report};
 use crate::domain::ProviderKind;
 use crate::domain::contact::mask;
 
-const TOKEN_LIFETIME: SignedDuration = SignedDuration::from_hours(24);
 /// Expired tokens are swept once this many are held, so token churn cannot grow memory without bound.
 const TOKEN_SWEEP_AT: usize = 1024;
 const MAX_REFKEY_CHARS: usize = 32;
@@ -38,18 +39,27 @@ pub(crate) fn routes() -> Router<Arc<SandboxState>> {
     Router::new().route("/v1/token", post(token)).route("/v3/message", post(message))
 }
 
+/// The limit announced in `RateLimit-Limit` on an injected rate limit: nominal, the sandbox has no real quota.
+const NOMINAL_RATE_LIMIT: u64 = 1000;
+
 /// The bearer tokens this sandbox issued, with their account and expiry.
-#[derive(Default)]
 pub(crate) struct Tokens {
+    lifetime: SignedDuration,
     issued: Mutex<HashMap<String, (String, Timestamp)>>,
 }
 
 impl Tokens {
+    /// Tokens living `lifetime_s` seconds (at least one).
+    pub fn new(lifetime_s: u64) -> Tokens {
+        let lifetime = SignedDuration::from_secs(i64::try_from(lifetime_s.max(1)).unwrap_or(i64::MAX));
+        Tokens { lifetime, issued: Mutex::default() }
+    }
+
     fn issue(&self, account: &str) -> (String, Timestamp) {
         let bytes: [u8; 24] = rand::rng().random();
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let now = Timestamp::now();
-        let expires = now.checked_add(TOKEN_LIFETIME).unwrap_or(now);
+        let expires = now.checked_add(self.lifetime).unwrap_or(now);
         let mut issued = self.issued.lock();
         if issued.len() >= TOKEN_SWEEP_AT {
             issued.retain(|_, (_, expiry)| *expiry > now);
@@ -66,16 +76,22 @@ impl Tokens {
     }
 }
 
-/// A Bizppurio error: HTTP status and the body's `code`.
+/// A Bizppurio error: HTTP status and the body's `code`; a rate limit also says when it resets.
 #[derive(Debug)]
 struct BizError {
     status: StatusCode,
     code: u32,
     description: String,
+    reset_s: Option<u64>,
 }
 
 fn error(status: StatusCode, code: u32, description: impl Into<String>) -> BizError {
-    BizError { status, code, description: description.into() }
+    BizError { status, code, description: description.into(), reset_s: None }
+}
+
+/// HTTP 429 code 5002 with the `RateLimit-*` headers (`RateLimit-Reset` in seconds).
+fn rate_limited(reset_s: u64) -> BizError {
+    BizError { reset_s: Some(reset_s), ..error(StatusCode::TOO_MANY_REQUESTS, 5002, "too many requests") }
 }
 
 fn invalid(description: impl Into<String>) -> BizError {
@@ -84,7 +100,15 @@ fn invalid(description: impl Into<String>) -> BizError {
 
 impl IntoResponse for BizError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"code": self.code, "description": self.description}))).into_response()
+        let mut response =
+            (self.status, Json(json!({"code": self.code, "description": self.description}))).into_response();
+        if let Some(reset_s) = self.reset_s {
+            let headers = response.headers_mut();
+            headers.insert("ratelimit-limit", HeaderValue::from(NOMINAL_RATE_LIMIT));
+            headers.insert("ratelimit-remaining", HeaderValue::from(0));
+            headers.insert("ratelimit-reset", HeaderValue::from(reset_s));
+        }
+        response
     }
 }
 
@@ -152,6 +176,7 @@ async fn message(State(state): State<Arc<SandboxState>>, headers: HeaderMap, bod
 }
 
 async fn handle(state: &Arc<SandboxState>, headers: &HeaderMap, body: &[u8]) -> Result<Response, BizError> {
+    // Unknown and expired tokens get the same answer, so a client cannot tell them apart (nor needs to).
     let Some(account) = bearer(headers).and_then(|token| state.bizppurio_tokens.account(token)) else {
         return Err(error(StatusCode::UNAUTHORIZED, 3006, "invalid or expired access token"));
     };
@@ -161,10 +186,15 @@ async fn handle(state: &Arc<SandboxState>, headers: &HeaderMap, body: &[u8]) -> 
     }
     let at = validate(&request)?;
 
+    // Alimtalk learns that a recipient cannot be reached only after accepting: an injected "unregistered" is an
+    // accepted message whose report fails (or falls back), like an `undeliverable` number.
+    let mut unreachable = false;
     match state.faults.apply(ProviderKind::Bizppurio).await {
         Verdict::Pass => {}
         Verdict::Retryable => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, 9000, "internal server error")),
         Verdict::Permanent => return Err(invalid("invalid message")),
+        Verdict::RateLimited { retry_after_s } => return Err(rate_limited(retry_after_s)),
+        Verdict::Unregistered => unreachable = true,
     }
     // `undeliverable` numbers are accepted and then reported failed (or fallen back to SMS when `resend` asks).
     let undeliverable = request.to.contains("undeliverable");
@@ -187,7 +217,7 @@ async fn handle(state: &Arc<SandboxState>, headers: &HeaderMap, body: &[u8]) -> 
         },
     );
     let fallback = request.resend.as_ref().map(|r| r.first.as_str());
-    schedule_report(state, &messagekey, &refkey, &request.to, undeliverable, fallback);
+    schedule_report(state, &messagekey, &refkey, &request.to, undeliverable || unreachable, fallback);
     Ok(Json(json!({"code": 1000, "description": "Success", "refkey": refkey, "messagekey": messagekey}))
         .into_response())
 }
@@ -276,13 +306,16 @@ fn schedule_report(
     let Some(url) = state.reports.bizppurio_url() else {
         return;
     };
+    let body = report_body(messagekey, refkey, to, undeliverable, fallback);
     let report = Report {
         provider: ProviderKind::Bizppurio,
+        reference: Some(refkey.to_string()).filter(|r| !r.is_empty()),
+        result: body["RESULT"].as_str().unwrap_or_default().to_string(),
         url: url.clone(),
         headers: Vec::new(),
-        body: Body::Json(report_body(messagekey, refkey, to, undeliverable, fallback)),
+        body: Body::Json(body),
     };
-    reports::post_later(state, state.faults.report_delay(ProviderKind::Bizppurio), report);
+    reports::schedule(state, report);
 }
 
 #[cfg(test)]
@@ -331,7 +364,7 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_and_tied_to_their_account() {
-        let tokens = Tokens::default();
+        let tokens = Tokens::new(86_400);
         let (token, expires) = tokens.issue("herald");
         assert_eq!(token.len(), 48);
         assert!(expires > Timestamp::now());

@@ -167,6 +167,9 @@ async fn handle(state: &SandboxState, project: &str, headers: &HeaderMap, body: 
         Verdict::Pass => {}
         Verdict::Retryable => return Err(FcmError::Unavailable),
         Verdict::Permanent => return Err(FcmError::InvalidArgument("Request contains an invalid argument.".into())),
+        // A ready 429 QUOTA_EXCEEDED (counted by its status); the request layer adds `Retry-After`.
+        Verdict::RateLimited { .. } => return Ok(super::faults::fcm_quota_exceeded()),
+        Verdict::Unregistered => return Err(FcmError::Unregistered),
     }
     if target.contains("unregistered") {
         return Err(FcmError::Unregistered);

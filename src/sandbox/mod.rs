@@ -6,10 +6,11 @@
 //!   `http.rs` and one file per provider) and one SMTP listener (`smtp/`, STARTTLS with the certificate of
 //!   `tls.rs`), and returns a [`SandboxHandle`].
 //! - `record.rs` keeps what was accepted ([`ReceivedMessage`]); `stats.rs` counts accepted and rejected requests.
-//! - `faults.rs` draws latency and errors from a seeded RNG per provider, so runs repeat.
+//! - `faults.rs` draws latency, errors and report behaviour from seeded RNGs per provider, so runs repeat.
 //! - `reports.rs` posts Twilio status callbacks and Bizppurio delivery reports back to loopback URLs.
 //! - `oauth.rs` is Google's OAuth2 token endpoint (`POST /token`): it checks service-account assertions and
 //!   issues the access tokens `fcm.rs` requires.
+//! - `journal.rs` keeps bounded logs of provider requests (arrival time, status, fault) and of reports.
 //!
 //! Per request every provider checks, in this order: auth, request shape (payload size, required fields), then
 //! the injected latency and fault draw, then the per-address rules (an address containing `unregistered`,
@@ -24,6 +25,7 @@ mod bizppurio;
 mod faults;
 mod fcm;
 mod http;
+mod journal;
 mod oauth;
 mod record;
 mod reports;
@@ -42,6 +44,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use journal::{InjectedFault, ReportEntry, ReportStatus, RequestEntry};
 pub use record::ReceivedMessage;
 pub use settings::{ApnsKeySettings, FaultSettings, SandboxSettings};
 pub use tls::install_crypto_provider;
@@ -58,6 +61,7 @@ pub(crate) struct SandboxState {
     pub faults: faults::Faults,
     pub stats: stats::Stats,
     pub reports: reports::Reporter,
+    pub journal: journal::Journal,
     pub bizppurio_tokens: bizppurio::Tokens,
     pub fcm_oauth: oauth::GoogleOAuth,
     pub apns_keys: apns::TrustedKeys,
@@ -108,13 +112,14 @@ pub async fn start(settings: &SandboxSettings, report_url: String) -> io::Result
         faults,
         stats: stats::Stats::default(),
         reports,
-        bizppurio_tokens: bizppurio::Tokens::default(),
+        journal: journal::Journal::new(),
+        bizppurio_tokens: bizppurio::Tokens::new(settings.bizppurio_token_lifetime_s),
         fcm_oauth,
         apns_keys,
         cancel: cancel.clone(),
     });
 
-    let router = http::router(state.clone());
+    let router = http::router(state.clone()).layer(axum::middleware::from_fn_with_state(state.clone(), journal::layer));
     let tls_task = tokio::spawn(tls::serve(tls_listener, https_config, router.clone(), cancel.clone()));
     let http_cancel = cancel.clone();
     let http_task = tokio::spawn(async move {
@@ -154,6 +159,17 @@ impl SandboxHandle {
     /// A snapshot of every accepted message, in arrival order.
     pub fn record(&self) -> Vec<ReceivedMessage> {
         self.state.record.snapshot()
+    }
+
+    /// The provider requests the sandbox answered (FCM, APNs, Twilio, Bizppurio `/v3/message`), by arrival
+    /// time; the most recent 100k per provider.
+    pub fn requests(&self, provider: ProviderKind) -> Vec<RequestEntry> {
+        self.state.journal.requests(&journal::Filter { provider: Some(provider), reference: None })
+    }
+
+    /// Every delivery report and status callback posted, failed or dropped, in that order; the most recent 100k.
+    pub fn reports(&self) -> Vec<ReportEntry> {
+        self.state.journal.reports(&journal::Filter::default())
     }
 
     /// Replaces a provider's faults and restarts its random stream from the seed. Invalid settings (rates

@@ -1,6 +1,8 @@
-//! Delivery reports and status callbacks: posted back to the engine after the provider's `report_delay_ms`, on
-//! a spawned task so they never delay the provider's answer. Only plain-HTTP loopback URLs are called (the
-//! sandbox must not become a way to make requests elsewhere); failures are logged, counted and dropped.
+//! Delivery reports and status callbacks: posted back to the engine after the provider's report delay, on a
+//! spawned task so they never delay the provider's answer. The provider's faults decide per report (from their
+//! own seeded stream) whether it is dropped, how much jitter it gets (so reports overtake each other) and whether
+//! it is posted twice. Only plain-HTTP loopback URLs are called (the sandbox must not become a way to make
+//! requests elsewhere); failures are logged, counted and dropped. Every report's fate goes to the journal.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,6 +11,8 @@ use std::time::Duration;
 use reqwest::Url;
 
 use super::SandboxState;
+use super::faults::ReportPlan;
+use super::journal::ReportStatus;
 use crate::domain::ProviderKind;
 
 /// How long one report POST may take.
@@ -22,14 +26,20 @@ pub(crate) struct Reporter {
 }
 
 /// What to post.
+#[derive(Clone)]
 pub(crate) enum Body {
     Form(Vec<(&'static str, String)>),
     Json(serde_json::Value),
 }
 
 /// One report to post later.
+#[derive(Clone)]
 pub(crate) struct Report {
     pub provider: ProviderKind,
+    /// Herald's delivery id, for the journal.
+    pub reference: Option<String>,
+    /// What the report says (Twilio `MessageStatus`, Bizppurio `RESULT`), for the journal.
+    pub result: String,
     pub url: Url,
     pub headers: Vec<(&'static str, String)>,
     pub body: Body,
@@ -87,8 +97,27 @@ impl Reporter {
     }
 }
 
-/// Posts `report` after `delay` on its own task; dropped if the sandbox shuts down first.
-pub(crate) fn post_later(state: &Arc<SandboxState>, delay: Duration, report: Report) {
+/// Posts `report` as the provider's report faults decide: never, once, or twice, each after its own delay.
+/// Posts still waiting when the sandbox shuts down are dropped (and not journaled).
+pub(crate) fn schedule(state: &Arc<SandboxState>, report: Report) {
+    let provider = report.provider;
+    match state.faults.report_plan(provider) {
+        ReportPlan::Drop => {
+            state.stats.report_dropped(provider);
+            tracing::debug!(provider = provider.as_str(), "sandbox report dropped by faults");
+            state.journal.report(provider, report.reference, report.result, ReportStatus::Dropped, false);
+        }
+        ReportPlan::Post { first, duplicate } => {
+            if let Some(delay) = duplicate {
+                state.stats.report_duplicated(provider);
+                post_later(state, delay, report.clone(), true);
+            }
+            post_later(state, first, report, false);
+        }
+    }
+}
+
+fn post_later(state: &Arc<SandboxState>, delay: Duration, report: Report, duplicate: bool) {
     let state = state.clone();
     tokio::spawn(async move {
         let cancel = state.cancel.clone();
@@ -96,13 +125,13 @@ pub(crate) fn post_later(state: &Arc<SandboxState>, delay: Duration, report: Rep
             _ = cancel.cancelled() => {}
             _ = async {
                 tokio::time::sleep(delay).await;
-                post(&state, report).await;
+                post(&state, report, duplicate).await;
             } => {}
         }
     });
 }
 
-async fn post(state: &SandboxState, report: Report) {
+async fn post(state: &SandboxState, report: Report, duplicate: bool) {
     let provider = report.provider;
     let mut request = state.reports.client.post(report.url.clone());
     for (name, value) in report.headers {
@@ -117,14 +146,21 @@ async fn post(state: &SandboxState, report: Report) {
         Ok(response) => Err(format!("answered {}", response.status())),
         Err(error) => Err(error.to_string()),
     };
+    let status = match &outcome {
+        Ok(()) => ReportStatus::Posted,
+        Err(_) => ReportStatus::Failed,
+    };
+    let path = report.url.path().to_string();
+    // Journal first: a test that sees the counter move may read the journal at once.
+    state.journal.report(provider, report.reference, report.result, status, duplicate);
     match outcome {
         Ok(()) => {
             state.stats.report(provider, true);
-            tracing::debug!(provider = provider.as_str(), path = report.url.path(), "sandbox report posted");
+            tracing::debug!(provider = provider.as_str(), path, "sandbox report posted");
         }
         Err(error) => {
             state.stats.report(provider, false);
-            tracing::warn!(provider = provider.as_str(), path = report.url.path(), %error, "sandbox report lost");
+            tracing::warn!(provider = provider.as_str(), path, %error, "sandbox report lost");
         }
     }
 }

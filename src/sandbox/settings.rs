@@ -42,6 +42,9 @@ pub struct SandboxSettings {
     /// APNs provider tokens issued longer ago than this are answered `ExpiredProviderToken` (APNs: one hour).
     #[serde(default = "default_apns_token_max_age_s")]
     pub apns_token_max_age_s: u64,
+    /// How long a Bizppurio access token from `/v1/token` lives (Bizppurio's is 24 h); short for refresh tests.
+    #[serde(default = "default_token_lifetime_s")]
+    pub bizppurio_token_lifetime_s: u64,
 }
 
 fn default_fcm_token_lifetime_s() -> u64 {
@@ -62,8 +65,13 @@ pub struct ApnsKeySettings {
     pub key_file: String,
 }
 
-/// How one simulated provider misbehaves. Rates are probabilities in [0, 1].
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+fn default_token_lifetime_s() -> u64 {
+    86_400
+}
+
+/// How one simulated provider misbehaves. Rates are probabilities in [0, 1], each a share of all requests (see
+/// `docs/sandbox.md`, "Faults", for the order in which one uniform draw is split between them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultSettings {
     pub latency_min_ms: u64,
@@ -72,6 +80,38 @@ pub struct FaultSettings {
     pub error_rate: f64,
     /// Share of requests answered with a permanent error (invalid argument / SMTP 550).
     pub permanent_error_rate: f64,
-    /// Delay before delivery reports are sent.
+    /// Share of requests answered with the provider's rate-limit error (HTTP 429 / SMTP 451 4.7.1).
+    pub rate_limit_rate: f64,
+    /// The wait a rate-limit answer asks for (`Retry-After`, Bizppurio `RateLimit-Reset`), also FCM's 503.
+    pub retry_after_s: u64,
+    /// Share of requests answered with the provider's "dead token or recipient" error (FCM 404 UNREGISTERED,
+    /// APNs 410 Unregistered, ...).
+    pub unregistered_rate: f64,
+    /// Base delay before a delivery report or status callback is posted.
     pub report_delay_ms: u64,
+    /// Each report waits a further uniform 0..=jitter ms, so reports can overtake each other.
+    pub report_jitter_ms: u64,
+    /// Share of reports posted a second time, after their own independently drawn delay.
+    pub report_duplicate_rate: f64,
+    /// Share of reports never posted.
+    pub report_drop_rate: f64,
+}
+
+impl Default for FaultSettings {
+    /// A perfectly behaved provider; a rate limit, when drawn, asks for one second.
+    fn default() -> FaultSettings {
+        FaultSettings {
+            latency_min_ms: 0,
+            latency_max_ms: 0,
+            error_rate: 0.0,
+            permanent_error_rate: 0.0,
+            rate_limit_rate: 0.0,
+            retry_after_s: 1,
+            unregistered_rate: 0.0,
+            report_delay_ms: 0,
+            report_jitter_ms: 0,
+            report_duplicate_rate: 0.0,
+            report_drop_rate: 0.0,
+        }
+    }
 }

@@ -1,9 +1,12 @@
 //! Per-provider counters of the sandbox: requests accepted and rejected (auth, validation, injected faults,
-//! address rules), delivery reports posted or lost, and access tokens issued (FCM's OAuth2 exchanges). Lock-free, so every handler can bump them.
+//! address rules, counted by the answer's status), delivery reports posted, lost, dropped by faults or
+//! duplicated by faults, and access tokens issued (FCM's OAuth2 exchanges). Lock-free, so every handler can
+//! bump them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::response::Response;
 use serde::Serialize;
 
 use crate::domain::ProviderKind;
@@ -15,6 +18,8 @@ struct Counters {
     reports_sent: AtomicU64,
     reports_failed: AtomicU64,
     token_exchanges: AtomicU64,
+    reports_dropped: AtomicU64,
+    reports_duplicated: AtomicU64,
 }
 
 /// One provider's counts, as `GET /_sandbox/stats` shows them.
@@ -26,6 +31,10 @@ pub(crate) struct ProviderStats {
     pub reports_failed: u64,
     /// Access tokens issued (only FCM has a token endpoint counted here).
     pub token_exchanges: u64,
+    /// Reports never posted (`report_drop_rate`).
+    pub reports_dropped: u64,
+    /// Reports posted a second time (`report_duplicate_rate`); each copy also counts in sent or failed.
+    pub reports_duplicated: u64,
 }
 
 #[derive(Default)]
@@ -52,18 +61,24 @@ impl Stats {
         self.counters[kind.index()].token_exchanges.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a handler's answer: `Ok` accepted, `Err` rejected. Returns it unchanged.
-    pub fn tally<T>(&self, kind: ProviderKind, answer: Result<T, T>) -> T {
-        match answer {
-            Ok(accepted) => {
-                self.accepted(kind);
-                accepted
-            }
-            Err(rejected) => {
-                self.rejected(kind);
-                rejected
-            }
+    pub fn report_dropped(&self, kind: ProviderKind) {
+        self.counters[kind.index()].reports_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn report_duplicated(&self, kind: ProviderKind) {
+        self.counters[kind.index()].reports_duplicated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a handler's answer by its status: 2xx accepted, anything else rejected (a handler may answer an
+    /// injected fault with a ready-made response, see `faults.rs`). Returns it unchanged.
+    pub fn tally(&self, kind: ProviderKind, answer: Result<Response, Response>) -> Response {
+        let (Ok(response) | Err(response)) = answer;
+        if response.status().is_success() {
+            self.accepted(kind);
+        } else {
+            self.rejected(kind);
         }
+        response
     }
 
     pub fn snapshot(&self) -> BTreeMap<ProviderKind, ProviderStats> {
@@ -77,6 +92,8 @@ impl Stats {
                     reports_sent: c.reports_sent.load(Ordering::Relaxed),
                     reports_failed: c.reports_failed.load(Ordering::Relaxed),
                     token_exchanges: c.token_exchanges.load(Ordering::Relaxed),
+                    reports_dropped: c.reports_dropped.load(Ordering::Relaxed),
+                    reports_duplicated: c.reports_duplicated.load(Ordering::Relaxed),
                 };
                 (kind, stats)
             })

@@ -1,6 +1,6 @@
 //! Simulated Twilio Messages API: `POST /2010-04-01/Accounts/{sid}/Messages.json`, form-encoded, basic auth
 //! `sid:auth_token`. Answers 201 with the message resource, then posts a signed status callback
-//! (`X-Twilio-Signature`) to the `StatusCallback` URL after the provider's `report_delay_ms`.
+//! (`X-Twilio-Signature`) to the `StatusCallback` URL as the provider's report faults decide (`reports.rs`).
 
 use std::sync::Arc;
 
@@ -141,6 +141,18 @@ async fn handle(
             return Err(error(StatusCode::SERVICE_UNAVAILABLE, 20500, "An internal server error has occurred"));
         }
         Verdict::Permanent => return Err(invalid_to(to)),
+        // The layer adds `Retry-After` (Twilio sends one with its 429s).
+        Verdict::RateLimited { .. } => {
+            return Err(error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests"));
+        }
+        // SMS has no dead-token error; the nearest is a number that cannot receive messages.
+        Verdict::Unregistered => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                21614,
+                format!("'To' number {} is not a valid mobile number", mask(to)),
+            ));
+        }
     }
     if to.contains("optout") {
         return Err(error(StatusCode::BAD_REQUEST, 21610, "Attempt to send to unsubscribed recipient"));
@@ -164,13 +176,13 @@ async fn handle(
             title: None,
             body: text.to_string(),
             html: None,
-            reference,
+            reference: reference.clone(),
             provider_message_id: message_sid.clone(),
         },
     );
     if let Some(raw) = callback {
         let params = callback_params(sid, &message_sid, from, to, undeliverable);
-        schedule_callback(state, raw, &auth_token, params);
+        schedule_callback(state, raw, &auth_token, params, reference);
     }
 
     let now = jiff::Timestamp::now().strftime("%a, %d %b %Y %H:%M:%S +0000").to_string();
@@ -227,9 +239,15 @@ fn callback_params(
     params
 }
 
-/// Posts `params` to the callback URL after the report delay, signed with the auth token the request
+/// Posts `params` to the callback URL as the report faults decide, signed with the auth token the request
 /// authenticated with.
-fn schedule_callback(state: &Arc<SandboxState>, raw_url: &str, auth_token: &str, params: Vec<(&'static str, String)>) {
+fn schedule_callback(
+    state: &Arc<SandboxState>,
+    raw_url: &str,
+    auth_token: &str,
+    params: Vec<(&'static str, String)>,
+    reference: Option<String>,
+) {
     let url = match reports::loopback_url(raw_url) {
         Ok(url) => url,
         Err(error) => {
@@ -239,13 +257,16 @@ fn schedule_callback(state: &Arc<SandboxState>, raw_url: &str, auth_token: &str,
     };
     // Signed over the URL exactly as the client gave it, as Twilio does.
     let signature = signature(auth_token, raw_url, &params);
+    let result = params.iter().find(|(k, _)| *k == "MessageStatus").map(|(_, v)| v.clone()).unwrap_or_default();
     let report = Report {
         provider: ProviderKind::Twilio,
+        reference,
+        result,
         url,
         headers: vec![("X-Twilio-Signature", signature)],
         body: Body::Form(params),
     };
-    reports::post_later(state, state.faults.report_delay(ProviderKind::Twilio), report);
+    reports::schedule(state, report);
 }
 
 #[cfg(test)]

@@ -1,14 +1,18 @@
-//! Twilio SMS and Bizppurio alimtalk: success shapes, records, auth, validation, per-number rules, and the signed
-//! status callback and delivery report arriving at a test webhook server.
+//! Twilio SMS and Bizppurio alimtalk: success shapes, records, auth, validation, per-number rules, the signed
+//! status callback and delivery report arriving at a test webhook server, token expiry, and report chaos
+//! (duplicates, drops, reordering) with its counters and report log.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use std::collections::BTreeMap;
+
 use herald::domain::{Channel, ProviderKind};
+use herald::sandbox::{FaultSettings, ReportStatus};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha1::Sha1;
 
-use super::{Sandbox, next_received, spawn, spawn_with_reports, webhook_receiver};
+use super::{Received, Sandbox, eventually, next_received, spawn, spawn_with_reports, webhook_receiver};
 
 const SID: &str = "AC00000000000000000000000000000000";
 const AUTH_TOKEN: &str = "sandbox-auth-token";
@@ -252,4 +256,132 @@ async fn the_configured_report_url_wins_over_the_engine_url() {
     assert_eq!(hit.uri, "/configured");
     let (_, stats) = sandbox.get_json("/_sandbox/stats").await;
     assert_eq!(stats["bizppurio"]["reports_failed"], 0);
+}
+
+#[tokio::test]
+async fn bizppurio_tokens_expire_after_the_configured_lifetime() {
+    let mut settings = super::settings(5, Default::default());
+    settings.bizppurio_token_lifetime_s = 1;
+    let sandbox = super::spawn_configured(settings, "").await;
+    let token = biz_token(&sandbox).await;
+    assert_eq!(biz_send(&sandbox, &token, &alimtalk("01012345678", "d-1")).await.0, 200);
+    // Polls until the token has expired: then it is refused as an unknown one is.
+    let (status, body) = eventually(|| async {
+        let answer = biz_send(&sandbox, &token, &alimtalk("01012345678", "d-2")).await;
+        (answer.0 != 200).then_some(answer)
+    })
+    .await;
+    assert_eq!((status, body["code"].as_u64()), (401, Some(3006)));
+    let fresh = biz_token(&sandbox).await;
+    assert_eq!(biz_send(&sandbox, &fresh, &alimtalk("01012345678", "d-3")).await.0, 200);
+}
+
+/// `n` Twilio sends whose callbacks go to `hook` with `delivery_id` = `d{i}`.
+async fn twilio_with_callbacks(sandbox: &Sandbox, hook: std::net::SocketAddr, n: usize) {
+    for i in 0..n {
+        let callback = format!("http://{hook}/webhooks/sms?delivery_id=d{i}");
+        let params = [("To", "+821012345678"), ("From", "+15005550006"), ("Body", "x"), ("StatusCallback", &callback)];
+        assert_eq!(twilio(sandbox, SID, &params).await.0, 201);
+    }
+}
+
+/// The `delivery_id` a received callback is for.
+fn delivery_of(hit: &Received) -> String {
+    hit.uri.rsplit_once("delivery_id=").unwrap().1.to_string()
+}
+
+fn with_faults(kind: ProviderKind, faults: FaultSettings) -> herald::sandbox::SandboxSettings {
+    super::settings(17, BTreeMap::from([(kind, faults)]))
+}
+
+#[tokio::test]
+async fn with_duplicate_rate_one_every_callback_arrives_twice() {
+    let (hook, mut received) = webhook_receiver().await;
+    let faults = FaultSettings { report_duplicate_rate: 1.0, report_jitter_ms: 20, ..Default::default() };
+    let sandbox = super::spawn_configured(with_faults(ProviderKind::Twilio, faults), "").await;
+    twilio_with_callbacks(&sandbox, hook, 5).await;
+    let mut counts = BTreeMap::new();
+    for _ in 0..10 {
+        let hit = next_received(&mut received).await;
+        assert_eq!(
+            hit.headers["x-twilio-signature"].to_str().unwrap(),
+            expected_signature(&format!("http://{hook}{}", hit.uri), &hit.body)
+        );
+        *counts.entry(delivery_of(&hit)).or_insert(0) += 1;
+    }
+    assert_eq!(counts, (0..5).map(|i| (format!("d{i}"), 2)).collect::<BTreeMap<_, _>>());
+
+    let stats = eventually(|| async {
+        let (_, stats) = sandbox.get_json("/_sandbox/stats").await;
+        (stats["twilio"]["reports_sent"] == 10).then_some(stats)
+    })
+    .await;
+    assert_eq!(
+        (stats["twilio"]["reports_duplicated"].as_u64(), stats["twilio"]["reports_dropped"].as_u64()),
+        (Some(5), Some(0))
+    );
+    let log = sandbox.handle.reports();
+    assert_eq!(log.len(), 10);
+    assert!(log.iter().all(|r| r.status == ReportStatus::Posted && r.result == "delivered"));
+    assert_eq!(log.iter().filter(|r| r.duplicate).count(), 5);
+    for i in 0..5 {
+        let reference = format!("d{i}");
+        assert_eq!(log.iter().filter(|r| r.reference.as_deref() == Some(&reference)).count(), 2, "{reference}");
+    }
+}
+
+#[tokio::test]
+async fn with_drop_rate_one_no_report_arrives() {
+    let (hook, mut received) = webhook_receiver().await;
+    let faults = FaultSettings { report_drop_rate: 1.0, ..Default::default() };
+    let mut settings = with_faults(ProviderKind::Bizppurio, faults);
+    settings.report_url = format!("http://{hook}/webhooks/alimtalk");
+    let sandbox = super::spawn_configured(settings, "").await;
+    let token = biz_token(&sandbox).await;
+    for i in 0..5 {
+        assert_eq!(biz_send(&sandbox, &token, &alimtalk("01012345678", &format!("d{i}"))).await.0, 200);
+    }
+    // Drops are decided before the answer, so once every send is answered no report is pending.
+    let (_, stats) = sandbox.get_json("/_sandbox/stats").await;
+    assert_eq!(
+        (stats["bizppurio"]["reports_dropped"].as_u64(), stats["bizppurio"]["reports_sent"].as_u64()),
+        (Some(5), Some(0))
+    );
+    let (status, log) = sandbox.get_json("/_sandbox/reports?provider=bizppurio").await;
+    assert_eq!(status, 200);
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 5);
+    assert!(log.iter().all(|r| r["status"] == "dropped" && r["result"] == "7000"), "{log:?}");
+    assert_eq!(log[3]["reference"], "d3");
+    assert!(received.try_recv().is_err(), "a dropped report was posted");
+
+    let cleared: Value =
+        sandbox.http.delete(sandbox.url("/_sandbox/reports")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cleared["cleared"], 5);
+    assert!(sandbox.handle.reports().is_empty());
+}
+
+#[tokio::test]
+async fn with_jitter_reports_overtake_each_other() {
+    const N: usize = 40;
+    let (hook, mut received) = webhook_receiver().await;
+    // Jitter far larger than the time between sends: the seeded delays reorder the callbacks.
+    let faults = FaultSettings { report_jitter_ms: 1000, ..Default::default() };
+    let sandbox = super::spawn_configured(with_faults(ProviderKind::Twilio, faults), "").await;
+    twilio_with_callbacks(&sandbox, hook, N).await;
+    let mut order = Vec::with_capacity(N);
+    for _ in 0..N {
+        let id = delivery_of(&next_received(&mut received).await);
+        order.push(id.trim_start_matches('d').parse::<usize>().unwrap());
+    }
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..N).collect::<Vec<_>>(), "every callback arrives exactly once");
+    let inversions = order.windows(2).filter(|w| w[0] > w[1]).count();
+    assert!(inversions > 0, "callbacks arrived in send order: {order:?}");
+    let (_, stats) = sandbox.get_json("/_sandbox/stats").await;
+    assert_eq!(
+        (stats["twilio"]["reports_duplicated"].as_u64(), stats["twilio"]["reports_dropped"].as_u64()),
+        (Some(0), Some(0))
+    );
 }

@@ -1,4 +1,6 @@
-//! The Bizppurio v3 client: alimtalk through `POST /v3/message` with a cached bearer token from `/v1/token`.
+//! The Bizppurio v3 client: alimtalk through `POST /v3/message` with a cached bearer token from `/v1/token`,
+//! refreshed ahead of its `expired` time and once more when a send is refused for the token. With
+//! `providers.bizppurio.sms_fallback`, Bizppurio resends the body as SMS when the alimtalk cannot be delivered.
 
 use std::time::Duration;
 
@@ -22,6 +24,8 @@ const JSON_UTF8: HeaderValue = HeaderValue::from_static("application/json; chars
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// Floor for a token whose `expired` is already past by our clock (clock skew): use it briefly, then refresh.
 const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// A `RateLimit-Reset` at least this large is a unix time (2001-09-09), not a delay of over 31 years.
+const UNIX_TIME_FLOOR: u64 = 1_000_000_000;
 /// Korea Standard Time, the zone of `expired` (no daylight saving since 1988).
 const KST: jiff::tz::Offset = jiff::tz::offset(9);
 
@@ -35,6 +39,7 @@ pub struct BizppurioClient {
     account: String,
     sender_key: String,
     from: String,
+    sms_fallback: bool,
     tokens: TokenCache,
 }
 
@@ -82,6 +87,7 @@ impl BizppurioClient {
             account: settings.account.clone(),
             sender_key: settings.sender_key.clone(),
             from: settings.from.clone(),
+            sms_fallback: settings.sms_fallback,
             tokens: TokenCache::default(),
         })
     }
@@ -104,7 +110,7 @@ impl BizppurioClient {
         }
         let response = request.send().await.map_err(|e| Refusal::new(BizppurioError::Transport, http::describe(e)))?;
         let status = response.status().as_u16();
-        let retry_after = rate_limit_wait(response.headers());
+        let retry_after = rate_limit_wait(response.headers(), Timestamp::now());
         Ok((status, retry_after, response.bytes().await.unwrap_or_default()))
     }
 
@@ -123,7 +129,8 @@ impl BizppurioClient {
         let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| Refusal::new(BizppurioError::BadTokenAnswer, "accesstoken is not a header value"))?;
         header.set_sensitive(true);
-        Ok(CachedToken::new(header, token_lifetime(expired.as_deref(), Timestamp::now())))
+        let lifetime = token_lifetime(expired.as_deref(), Timestamp::now());
+        Ok(CachedToken::new(header, lifetime, self.tokens.now()))
     }
 
     async fn post_message(&self, bearer: &HeaderValue, body: Bytes) -> Result<Accepted, Refusal> {
@@ -172,6 +179,8 @@ impl Provider for BizppurioClient {
                     message: &request.content.body,
                 },
             },
+            resend: self.sms_fallback.then_some(Resend { first: "sms" }),
+            recontent: self.sms_fallback.then_some(Recontent { sms: SmsContent { message: &request.content.body } }),
         };
         let body = Bytes::from(serde_json::to_vec(&body).expect("the message body serializes"));
         let result = async {
@@ -217,13 +226,23 @@ fn token_lifetime(expired: Option<&str>, now: Timestamp) -> Duration {
         tracing::debug!(provider = "bizppurio", expired, "unreadable token expiry; assuming one hour");
         return DEFAULT_TOKEN_LIFETIME;
     };
-    let millis = u64::try_from(at.as_millisecond().saturating_sub(now.as_millisecond())).unwrap_or(0);
-    Duration::from_millis(millis).max(MIN_TOKEN_LIFETIME)
+    match u64::try_from(at.as_millisecond().saturating_sub(now.as_millisecond())) {
+        Ok(millis) if millis > 0 => Duration::from_millis(millis),
+        _ => MIN_TOKEN_LIFETIME,
+    }
 }
 
-/// `RateLimit-Reset` (seconds), else `Retry-After`.
-fn rate_limit_wait(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    http::header_seconds(headers, &RATELIMIT_RESET).or_else(|| http::retry_after(headers))
+/// `RateLimit-Reset`, else `Retry-After`. The reset is a delay in seconds (the IETF draft Bizppurio follows),
+/// but a value that can only be a unix time is read as one, since servers differ on this.
+fn rate_limit_wait(headers: &reqwest::header::HeaderMap, now: Timestamp) -> Option<Duration> {
+    let reset = headers.get(&RATELIMIT_RESET).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    match reset {
+        Some(at) if at >= UNIX_TIME_FLOOR => {
+            Some(Duration::from_secs(at.saturating_sub(u64::try_from(now.as_second()).unwrap_or(0))))
+        }
+        Some(seconds) => Some(Duration::from_secs(seconds)),
+        None => http::header_seconds(headers, &RATELIMIT_RESET).or_else(|| http::retry_after(headers)),
+    }
 }
 
 /// A code Bizppurio may write as a number or a string.
@@ -253,6 +272,26 @@ struct MessageBody<'a> {
     to: &'a str,
     refkey: &'a str,
     content: Content<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resend: Option<Resend>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recontent: Option<Recontent<'a>>,
+}
+
+/// Which message Bizppurio falls back to when the alimtalk fails.
+#[derive(Serialize)]
+struct Resend {
+    first: &'static str,
+}
+
+#[derive(Serialize)]
+struct Recontent<'a> {
+    sms: SmsContent<'a>,
+}
+
+#[derive(Serialize)]
+struct SmsContent<'a> {
+    message: &'a str,
 }
 
 #[derive(Serialize)]

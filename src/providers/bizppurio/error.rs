@@ -59,11 +59,21 @@ impl BizppurioError {
             | BizppurioError::InvalidMessage
             | BizppurioError::Account { .. }
             | BizppurioError::BadUri => ErrorClass::Permanent,
-            BizppurioError::RateLimited { .. }
-            | BizppurioError::ServerError
-            | BizppurioError::BadTokenAnswer
-            | BizppurioError::Transport => ErrorClass::Retryable,
+            // Bizppurio limits the account as a whole: the engine pauses the provider until the reset.
+            BizppurioError::RateLimited { .. } => ErrorClass::RateLimited,
+            BizppurioError::ServerError | BizppurioError::BadTokenAnswer | BizppurioError::Transport => {
+                ErrorClass::Retryable
+            }
             BizppurioError::Other { status, .. } => http::class_of_status(*status),
+        }
+    }
+
+    /// Whether an operator must act: the account, password, IP allow-list or sender settings were refused.
+    pub fn needs_operator(&self) -> bool {
+        match self {
+            BizppurioError::Account { .. } => true,
+            BizppurioError::Other { status, .. } => matches!(status, 401 | 403),
+            _ => false,
         }
     }
 
@@ -106,8 +116,10 @@ impl BizppurioError {
         message: impl Into<String>,
         retry_after: Option<Duration>,
     ) -> ProviderError {
-        ProviderError::new(ProviderKind::Bizppurio, self.class(), self.code(status), message)
-            .with_retry_after(retry_after)
+        let alert = self.needs_operator();
+        let error = ProviderError::new(ProviderKind::Bizppurio, self.class(), self.code(status), message)
+            .with_retry_after(retry_after);
+        if alert { error.alerting() } else { error }
     }
 }
 
@@ -122,9 +134,9 @@ mod tests {
             (401, Some(3000), ErrorClass::Permanent, "3000"),
             (200, Some(3013), ErrorClass::Permanent, "3013"),
             (400, Some(5001), ErrorClass::Permanent, "5001"),
-            (429, Some(5002), ErrorClass::Retryable, "5002"),
-            (200, Some(5002), ErrorClass::Retryable, "5002"),
-            (429, None, ErrorClass::Retryable, "http_429"),
+            (429, Some(5002), ErrorClass::RateLimited, "5002"),
+            (200, Some(5002), ErrorClass::RateLimited, "5002"),
+            (429, None, ErrorClass::RateLimited, "http_429"),
             (500, Some(9000), ErrorClass::Retryable, "9000"),
             (502, None, ErrorClass::Retryable, "http_502"),
             (400, Some(4321), ErrorClass::Permanent, "4321"),
@@ -132,6 +144,18 @@ mod tests {
         for (status, code, class, shown) in cases {
             let error = BizppurioError::from_answer(status, code);
             assert_eq!((error.class(), error.code(status).as_str()), (class, shown), "{status} {code:?}");
+        }
+    }
+
+    #[test]
+    fn account_refusals_alert_the_operator() {
+        for (status, code) in [(401, Some(3000)), (200, Some(3013)), (401, None), (403, Some(4321))] {
+            let error = BizppurioError::from_answer(status, code).into_provider_error(status, "refused", None);
+            assert!(error.alert, "{status} {code:?}");
+            assert_eq!(error.class, ErrorClass::Permanent);
+        }
+        for (status, code) in [(400, Some(2000)), (429, Some(5002)), (500, Some(9000)), (400, None)] {
+            assert!(!BizppurioError::from_answer(status, code).into_provider_error(status, "x", None).alert);
         }
     }
 

@@ -14,4 +14,11 @@ pub struct BizppurioSettings {
     pub sender_key: String,
     /// Callback number shown for SMS fallback.
     pub from: String,
+    /// Ask Bizppurio to resend the body as SMS when the alimtalk cannot be delivered (`resend.first = "sms"`).
+    #[serde(default = "enabled")]
+    pub sms_fallback: bool,
+}
+
+fn enabled() -> bool {
+    true
 }

@@ -1,5 +1,6 @@
 //! The cached Bizppurio access token: shared by every sender, refreshed by one sender at a time, ahead of its
-//! expiry so sends never wait for it while it is still valid.
+//! expiry so sends never wait for it while it is still valid. Time comes from an injectable clock so tests can
+//! move past a refresh point without waiting.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,8 +9,12 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use reqwest::header::HeaderValue;
 
-/// Refresh this long before the token expires.
+/// Refresh this long before the token expires (at most half its lifetime, so short-lived tokens are not
+/// refreshed on every send).
 pub(crate) const REFRESH_AHEAD: Duration = Duration::from_secs(10 * 60);
+
+/// Where the cache reads the time.
+pub(crate) type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
 
 /// An access token ready to send.
 #[derive(Debug)]
@@ -21,22 +26,37 @@ pub(crate) struct CachedToken {
 }
 
 impl CachedToken {
-    /// A token that lives `lifetime` from now.
-    pub fn new(header: HeaderValue, lifetime: Duration) -> CachedToken {
-        let now = Instant::now();
-        CachedToken { header, refresh_at: now + lifetime.saturating_sub(REFRESH_AHEAD), expires_at: now + lifetime }
+    /// A token that lives `lifetime` from `now`.
+    pub fn new(header: HeaderValue, lifetime: Duration, now: Instant) -> CachedToken {
+        let margin = REFRESH_AHEAD.min(lifetime / 2);
+        CachedToken { header, refresh_at: now + (lifetime - margin), expires_at: now + lifetime }
     }
 }
 
 /// The token all senders share.
-#[derive(Default)]
 pub(crate) struct TokenCache {
     current: RwLock<Option<Arc<CachedToken>>>,
     /// Held by the one sender fetching a token.
     refresh: tokio::sync::Mutex<()>,
+    clock: Clock,
+}
+
+impl Default for TokenCache {
+    fn default() -> TokenCache {
+        TokenCache::with_clock(Arc::new(Instant::now))
+    }
 }
 
 impl TokenCache {
+    pub fn with_clock(clock: Clock) -> TokenCache {
+        TokenCache { current: RwLock::new(None), refresh: tokio::sync::Mutex::new(()), clock }
+    }
+
+    /// The cache's current time, for stamping a fetched token.
+    pub fn now(&self) -> Instant {
+        (self.clock)()
+    }
+
     /// The header to send now, fetching a token with `fetch` when there is none worth using.
     ///
     /// A token still valid but due for refresh is refreshed by one sender while the others keep using it; if
@@ -50,7 +70,7 @@ impl TokenCache {
     {
         let cached = self.current.read().clone();
         if let Some(token) = cached {
-            let now = Instant::now();
+            let now = self.now();
             if now < token.refresh_at {
                 return Ok(token.header.clone());
             }
@@ -91,7 +111,7 @@ impl TokenCache {
     fn valid(&self, margin: Duration) -> Option<HeaderValue> {
         let current = self.current.read();
         let token = current.as_ref()?;
-        (Instant::now() + margin < token.expires_at).then(|| token.header.clone())
+        (self.now() + margin < token.expires_at).then(|| token.header.clone())
     }
 
     fn store(&self, token: CachedToken) -> HeaderValue {
@@ -108,7 +128,14 @@ mod tests {
     use super::*;
 
     fn token(value: &'static str, lifetime: Duration) -> CachedToken {
-        CachedToken::new(HeaderValue::from_static(value), lifetime)
+        CachedToken::new(HeaderValue::from_static(value), lifetime, Instant::now())
+    }
+
+    /// A clock that only moves when told to.
+    fn manual_clock() -> (Clock, Arc<parking_lot::Mutex<Instant>>) {
+        let now = Arc::new(parking_lot::Mutex::new(Instant::now()));
+        let read = Arc::clone(&now);
+        (Arc::new(move || *read.lock()), now)
     }
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -138,19 +165,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_token_due_for_refresh_is_replaced() {
-        let cache = TokenCache::default();
-        cache.bearer(|| async { Ok::<_, String>(token("Bearer old", Duration::from_secs(300))) }).await.unwrap();
-        let header = cache.bearer(|| async { Ok::<_, String>(token("Bearer new", DAY)) }).await.unwrap();
-        assert_eq!(header, "Bearer new");
-        let header = cache.bearer(|| async { Err::<CachedToken, _>("must not fetch".to_string()) }).await.unwrap();
-        assert_eq!(header, "Bearer new");
+    async fn refresh_comes_ten_minutes_or_half_a_lifetime_ahead() {
+        let (clock, now) = manual_clock();
+        let cache = TokenCache::with_clock(clock);
+        let fetched = |value: &'static str, lifetime: Duration| {
+            let at = cache.now();
+            move || async move { Ok::<_, String>(CachedToken::new(HeaderValue::from_static(value), lifetime, at)) }
+        };
+        let refuse = || async { Err::<CachedToken, _>("must not fetch".to_string()) };
+        assert_eq!(cache.bearer(fetched("Bearer day", DAY)).await.unwrap(), "Bearer day");
+        *now.lock() += DAY - REFRESH_AHEAD - Duration::from_secs(1);
+        assert_eq!(cache.bearer(refuse).await.unwrap(), "Bearer day");
+        *now.lock() += Duration::from_secs(2);
+        assert_eq!(cache.bearer(fetched("Bearer short", Duration::from_secs(60))).await.unwrap(), "Bearer short");
+        // A one-minute token is refreshed after half a minute, not on every send.
+        *now.lock() += Duration::from_secs(29);
+        assert_eq!(cache.bearer(refuse).await.unwrap(), "Bearer short");
+        *now.lock() += Duration::from_secs(2);
+        assert_eq!(cache.bearer(fetched("Bearer next", Duration::from_secs(60))).await.unwrap(), "Bearer next");
+        // Past its expiry a token is never used: senders wait for the fetch.
+        *now.lock() += Duration::from_secs(61);
+        assert!(cache.bearer(refuse).await.is_err());
     }
 
     #[tokio::test]
     async fn a_failed_refresh_keeps_the_still_valid_token() {
-        let cache = TokenCache::default();
-        cache.bearer(|| async { Ok::<_, String>(token("Bearer old", Duration::from_secs(300))) }).await.unwrap();
+        let (clock, now) = manual_clock();
+        let cache = TokenCache::with_clock(clock);
+        let at = cache.now();
+        let old = CachedToken::new(HeaderValue::from_static("Bearer old"), Duration::from_secs(300), at);
+        cache.bearer(|| async { Ok::<_, String>(old) }).await.unwrap();
+        *now.lock() += Duration::from_secs(200);
         let header = cache.bearer(|| async { Err::<CachedToken, _>("down".to_string()) }).await.unwrap();
         assert_eq!(header, "Bearer old");
     }

@@ -188,8 +188,8 @@ mod tests {
             ("+10000021211", 400, Some(21211), ErrorClass::Permanent, "21211"),
             ("+10000021614", 400, Some(21614), ErrorClass::Permanent, "21614"),
             ("+10000021610", 400, Some(21610), ErrorClass::OptedOut, "21610"),
-            ("+10000020429", 429, Some(20429), ErrorClass::Retryable, "20429"),
-            ("+10000000429", 429, None, ErrorClass::Retryable, "http_429"),
+            ("+10000020429", 429, Some(20429), ErrorClass::RateLimited, "20429"),
+            ("+10000000429", 429, None, ErrorClass::RateLimited, "http_429"),
             ("+10000020003", 401, Some(20003), ErrorClass::Permanent, "20003"),
             ("+10000000500", 500, None, ErrorClass::Retryable, "http_500"),
             ("+10000020500", 503, Some(20500), ErrorClass::Retryable, "20500"),
@@ -208,9 +208,45 @@ mod tests {
         for (to, _, _, class, code) in cases {
             let error = client.send(&sms(to, None)).await.unwrap_err();
             assert_eq!((error.class, error.code.as_str()), (class, code), "{to}");
-            let wait = (class == ErrorClass::Retryable).then_some(Duration::from_secs(2));
+            let wait = class.is_retried().then_some(Duration::from_secs(2));
             assert_eq!(error.retry_after, wait, "{to}");
+            assert_eq!(error.alert, code == "20003", "{to}");
         }
+    }
+
+    /// A sandbox on port 0 with `faults` for Twilio; settings read as the config file would be, so fields added
+    /// later take their defaults.
+    async fn sandbox(faults: serde_json::Value) -> crate::sandbox::SandboxHandle {
+        let settings = json!({"enabled": true, "listen": "127.0.0.1:0", "smtp_listen": "127.0.0.1:0",
+                              "tls_listen": "127.0.0.1:0", "seed": 3, "faults": {"twilio": faults}});
+        crate::sandbox::start(&serde_json::from_value(settings).unwrap(), String::new()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_sandbox_answers_are_classified() {
+        let sandbox = sandbox(json!({})).await;
+        let client = client(&format!("http://{}", sandbox.http_addr()));
+        let accepted = client.send(&sms("+821012345678", None)).await.unwrap();
+        assert!(matches!(accepted, Accepted::Sent { provider_message_id: Some(ref sid) } if sid.starts_with("SM")));
+        for (to, class, code) in
+            [("+8210invalid", ErrorClass::Permanent, "21211"), ("+821012optout", ErrorClass::OptedOut, "21610")]
+        {
+            let error = client.send(&sms(to, None)).await.unwrap_err();
+            assert_eq!((error.class, error.code.as_str(), error.alert), (class, code, false), "{to}");
+        }
+
+        let storms = [
+            (json!({"rate_limit_rate": 1.0, "retry_after_s": 2}), ErrorClass::RateLimited, "20429", Some(2)),
+            (json!({"error_rate": 1.0}), ErrorClass::Retryable, "20500", None),
+            (json!({"unregistered_rate": 1.0}), ErrorClass::Permanent, "21614", None),
+        ];
+        for (faults, class, code, wait) in storms {
+            sandbox.set_faults(ProviderKind::Twilio, serde_json::from_value(faults).unwrap());
+            let error = client.send(&sms("+821012345678", None)).await.unwrap_err();
+            assert_eq!((error.class, error.code.as_str()), (class, code));
+            assert_eq!(error.retry_after, wait.map(Duration::from_secs), "{code}");
+        }
+        sandbox.shutdown();
     }
 
     #[test]

@@ -38,9 +38,16 @@ impl TwilioError {
         match self {
             TwilioError::InvalidNumber { .. } | TwilioError::Authentication => ErrorClass::Permanent,
             TwilioError::OptedOut => ErrorClass::OptedOut,
-            TwilioError::TooManyRequests { .. } | TwilioError::Transport => ErrorClass::Retryable,
+            // Twilio limits the account as a whole: the engine pauses the provider for the Retry-After.
+            TwilioError::TooManyRequests { .. } => ErrorClass::RateLimited,
+            TwilioError::Transport => ErrorClass::Retryable,
             TwilioError::Other { status, .. } => http::class_of_status(*status),
         }
+    }
+
+    /// Whether an operator must act: the account SID or auth token was refused.
+    pub fn needs_operator(&self) -> bool {
+        matches!(self, TwilioError::Authentication | TwilioError::Other { status: 401 | 403, .. })
     }
 
     /// A bounded label for metrics.
@@ -77,7 +84,10 @@ impl TwilioError {
         message: impl Into<String>,
         retry_after: Option<Duration>,
     ) -> ProviderError {
-        ProviderError::new(ProviderKind::Twilio, self.class(), self.code(status), message).with_retry_after(retry_after)
+        let alert = self.needs_operator();
+        let error = ProviderError::new(ProviderKind::Twilio, self.class(), self.code(status), message)
+            .with_retry_after(retry_after);
+        if alert { error.alerting() } else { error }
     }
 }
 
@@ -91,8 +101,9 @@ mod tests {
             (400, Some(21211), ErrorClass::Permanent),
             (400, Some(21614), ErrorClass::Permanent),
             (400, Some(21610), ErrorClass::OptedOut),
-            (429, Some(20429), ErrorClass::Retryable),
-            (429, None, ErrorClass::Retryable),
+            (429, Some(20429), ErrorClass::RateLimited),
+            (429, None, ErrorClass::RateLimited),
+            (400, Some(20429), ErrorClass::RateLimited),
             (401, Some(20003), ErrorClass::Permanent),
             (500, None, ErrorClass::Retryable),
             (503, Some(20500), ErrorClass::Retryable),
@@ -105,5 +116,15 @@ mod tests {
         assert_eq!(TwilioError::from_answer(429, Some(20429)).code(429), "20429");
         assert_eq!(TwilioError::from_answer(429, Some(20001)).code(429), "20001");
         assert_eq!(TwilioError::from_answer(400, Some(21211)).code(400), "21211");
+    }
+
+    #[test]
+    fn only_credential_refusals_alert() {
+        for (status, code) in [(401, Some(20003)), (401, None), (403, None)] {
+            assert!(TwilioError::from_answer(status, code).into_provider_error(status, "x", None).alert);
+        }
+        for (status, code) in [(400, Some(21211)), (400, Some(21610)), (429, Some(20429)), (503, None)] {
+            assert!(!TwilioError::from_answer(status, code).into_provider_error(status, "x", None).alert);
+        }
     }
 }

@@ -310,6 +310,9 @@ async fn finish_message(state: &SandboxState, session: &mut Session, data: Optio
         Verdict::Pass => {}
         Verdict::Retryable => return rejected("451 4.3.0 Error: temporary failure, try again later"),
         Verdict::Permanent => return rejected("550 5.1.1 Error: mailbox unavailable"),
+        // 451 rather than 421, which would oblige the server to close the connection.
+        Verdict::RateLimited { .. } => return rejected("451 4.7.1 Error: rate limit exceeded, try again later"),
+        Verdict::Unregistered => return rejected("550 5.1.1 Error: user unknown"),
     }
     let queue_id = super::http::new_message_id().to_ascii_uppercase();
     let parsed = session::parse_message(&data);

@@ -6,19 +6,48 @@ use serde_json::json;
 
 use super::*;
 use crate::config::Secret;
-use crate::domain::{Priority, Rendered};
+use crate::domain::{Priority, ProviderKind, Rendered};
 use crate::providers::ErrorClass;
 use crate::providers::testing::{Canned, DELIVERY_ID, FakePeer, Recorded, dead_base_url, http_client, request};
 
-fn client(base_url: &str) -> BizppurioClient {
-    let settings = BizppurioSettings {
+fn settings(base_url: &str) -> BizppurioSettings {
+    BizppurioSettings {
         base_url: base_url.into(),
         account: "herald".into(),
         password: Secret::new("pw"),
         sender_key: "sender-key-1".into(),
         from: "0212345678".into(),
-    };
-    BizppurioClient::new(http_client(), &settings).unwrap()
+        sms_fallback: true,
+    }
+}
+
+fn client(base_url: &str) -> BizppurioClient {
+    BizppurioClient::new(http_client(), &settings(base_url)).unwrap()
+}
+
+/// A clock that only moves when told to, for the client's token cache.
+fn manual_clock() -> (super::super::token::Clock, Arc<parking_lot::Mutex<std::time::Instant>>) {
+    let now = Arc::new(parking_lot::Mutex::new(std::time::Instant::now()));
+    let read = Arc::clone(&now);
+    (Arc::new(move || *read.lock()), now)
+}
+
+/// A sandbox on port 0; settings read as the config file would be, so fields added later take their defaults.
+async fn sandbox(extra: serde_json::Value) -> crate::sandbox::SandboxHandle {
+    let mut settings = json!({"enabled": true, "listen": "127.0.0.1:0", "smtp_listen": "127.0.0.1:0",
+                              "tls_listen": "127.0.0.1:0", "seed": 3});
+    settings.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    crate::sandbox::start(&serde_json::from_value(settings).unwrap(), String::new()).await.unwrap()
+}
+
+fn sandbox_client(sandbox: &crate::sandbox::SandboxHandle) -> BizppurioClient {
+    client(&format!("http://{}", sandbox.http_addr()))
+}
+
+/// The sandbox's answers to `/v3/message` from its request log: (accepted, refused).
+fn biz_counts(sandbox: &crate::sandbox::SandboxHandle) -> (usize, usize) {
+    let log = sandbox.requests(ProviderKind::Bizppurio);
+    (log.iter().filter(|e| e.status == 200).count(), log.iter().filter(|e| e.status != 200).count())
 }
 
 fn alimtalk(template_code: Option<&str>) -> SendRequest {
@@ -67,7 +96,8 @@ async fn send_gets_a_token_then_posts_the_alimtalk() {
         json!({
             "account": "herald", "type": "at", "from": "0212345678", "to": "01012345678", "refkey": DELIVERY_ID,
             "content": {"at": {"senderkey": "sender-key-1", "templatecode": "TPL_SHIPPED",
-                "message": "Your order shipped"}}
+                "message": "Your order shipped"}},
+            "resend": {"first": "sms"}, "recontent": {"sms": {"message": "Your order shipped"}}
         })
     );
 }
@@ -93,12 +123,29 @@ async fn concurrent_sends_share_one_token_request() {
 }
 
 #[tokio::test]
+async fn without_sms_fallback_no_resend_is_asked() {
+    let peer = healthy_peer().await;
+    let client =
+        BizppurioClient::new(http_client(), &BizppurioSettings { sms_fallback: false, ..settings(&peer.base_url) })
+            .unwrap();
+    client.send(&alimtalk(Some("TPL"))).await.unwrap();
+    let body = peer.requests()[1].json();
+    assert_eq!((body.get("resend"), body.get("recontent")), (None, None));
+}
+
+#[tokio::test]
 async fn a_token_near_expiry_is_refreshed_ahead() {
-    // Five minutes left is inside the ten-minute refresh margin: every send refreshes.
     let peer =
         FakePeer::start(|r| if r.target == "/v1/token" { token_answer("tok-s", 300) } else { accepted(r) }).await;
-    let client = client(&peer.base_url);
+    let (clock, now) = manual_clock();
+    let mut client = client(&peer.base_url);
+    client.tokens = TokenCache::with_clock(clock);
     client.send(&alimtalk(Some("TPL"))).await.unwrap();
+    // A five-minute token is refreshed at half its life: not yet after two minutes, then after three.
+    *now.lock() += Duration::from_secs(120);
+    client.send(&alimtalk(Some("TPL"))).await.unwrap();
+    assert_eq!(peer.count("/v1/token"), 1);
+    *now.lock() += Duration::from_secs(60);
     client.send(&alimtalk(Some("TPL"))).await.unwrap();
     assert_eq!(peer.count("/v1/token"), 2);
 }
@@ -140,7 +187,7 @@ async fn a_persistent_auth_refusal_is_permanent_after_one_retry() {
     })
     .await;
     let error = client(&peer.base_url).send(&alimtalk(Some("TPL"))).await.unwrap_err();
-    assert_eq!((error.class, error.code.as_str()), (ErrorClass::Permanent, "3001"));
+    assert_eq!((error.class, error.code.as_str(), error.alert), (ErrorClass::Permanent, "3001", true));
     assert_eq!((peer.count("/v1/token"), peer.count("/v3/message")), (2, 2));
 }
 
@@ -151,9 +198,9 @@ async fn every_answer_code_is_classified_from_the_wire() {
         ("c2000", 400, Some(2000), ErrorClass::Permanent, "2000", None),
         ("c5001", 404, Some(5001), ErrorClass::Permanent, "5001", None),
         ("c9000", 500, Some(9000), ErrorClass::Retryable, "9000", None),
-        ("c5002", 429, Some(5002), ErrorClass::Retryable, "5002", Some(7)),
-        ("c5002ok", 200, Some(5002), ErrorClass::Retryable, "5002", Some(7)),
-        ("c429", 429, None, ErrorClass::Retryable, "http_429", Some(7)),
+        ("c5002", 429, Some(5002), ErrorClass::RateLimited, "5002", Some(7)),
+        ("c5002ok", 200, Some(5002), ErrorClass::RateLimited, "5002", Some(7)),
+        ("c429", 429, None, ErrorClass::RateLimited, "http_429", Some(7)),
         ("c503", 503, None, ErrorClass::Retryable, "http_503", None),
     ];
     let peer = FakePeer::start(move |r| {
@@ -178,6 +225,7 @@ async fn every_answer_code_is_classified_from_the_wire() {
         let error = client.send(&alimtalk(Some(template))).await.unwrap_err();
         assert_eq!((error.class, error.code.as_str()), (class, code), "{template}");
         assert_eq!(error.retry_after, reset.map(Duration::from_secs), "{template}");
+        assert!(!error.alert, "{template}");
     }
     assert_eq!(peer.count("/v1/token"), 1);
 }
@@ -204,7 +252,7 @@ async fn token_endpoint_failures_are_classified() {
     })
     .await;
     let error = client(&peer.base_url).send(&alimtalk(Some("TPL"))).await.unwrap_err();
-    assert_eq!((error.class, error.code.as_str()), (ErrorClass::Permanent, "3002"));
+    assert_eq!((error.class, error.code.as_str(), error.alert), (ErrorClass::Permanent, "3002", true));
     assert!(error.message.starts_with("token request refused"), "{}", error.message);
     assert_eq!(peer.count("/v3/message"), 0);
 
@@ -252,7 +300,117 @@ fn token_expiry_is_read_in_korea_time() {
     let now: Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
     // 2024-01-02 09:00 KST is 2024-01-02 00:00 UTC: 24 h later.
     assert_eq!(token_lifetime(Some("20240102090000"), now), Duration::from_secs(86_400));
+    assert_eq!(token_lifetime(Some("20240101090030"), now), Duration::from_secs(30));
+    assert_eq!(token_lifetime(Some("20240101090000"), now), MIN_TOKEN_LIFETIME);
     assert_eq!(token_lifetime(Some("20231231000000"), now), MIN_TOKEN_LIFETIME);
     assert_eq!(token_lifetime(Some("tomorrow"), now), DEFAULT_TOKEN_LIFETIME);
     assert_eq!(token_lifetime(None, now), DEFAULT_TOKEN_LIFETIME);
+}
+
+#[test]
+fn rate_limit_reset_is_read_as_seconds_or_a_unix_time() {
+    let now: Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+    let headers = |pairs: &[(&'static str, &'static str)]| {
+        let mut map = reqwest::header::HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    };
+    let wait = |pairs| rate_limit_wait(&headers(pairs), now);
+    assert_eq!(wait(&[("ratelimit-reset", "30")]), Some(Duration::from_secs(30)));
+    // 1704067245 is 45 s after `now`.
+    assert_eq!(wait(&[("ratelimit-reset", "1704067245")]), Some(Duration::from_secs(45)));
+    assert_eq!(wait(&[("ratelimit-reset", "1704060000")]), Some(Duration::ZERO));
+    assert_eq!(wait(&[("retry-after", "9")]), Some(Duration::from_secs(9)));
+    assert_eq!(wait(&[("ratelimit-reset", "3"), ("retry-after", "9")]), Some(Duration::from_secs(3)));
+    assert_eq!(wait(&[]), None);
+}
+
+#[tokio::test]
+async fn the_sandbox_rate_limit_is_a_provider_pause_until_the_reset() {
+    let sandbox = sandbox(json!({"faults": {"bizppurio": {"rate_limit_rate": 1.0, "retry_after_s": 2}}})).await;
+    let error = sandbox_client(&sandbox).send(&alimtalk(Some("TPL"))).await.unwrap_err();
+    assert_eq!((error.class, error.code.as_str()), (ErrorClass::RateLimited, "5002"));
+    assert_eq!(error.retry_after, Some(Duration::from_secs(2)));
+    sandbox.shutdown();
+}
+
+#[tokio::test]
+async fn a_token_the_sandbox_expired_is_replaced_and_the_send_retried() {
+    let sandbox = sandbox(json!({"bizppurio_token_lifetime_s": 1})).await;
+    // The client's clock stands still: it believes its first token is fresh long after the sandbox expired it.
+    let (clock, _) = manual_clock();
+    let mut client = sandbox_client(&sandbox);
+    client.tokens = TokenCache::with_clock(clock);
+    client.send(&alimtalk(Some("TPL"))).await.unwrap();
+
+    // A token issued after the client's expires after it: once the sandbox refuses this one, it refuses both.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://{}", sandbox.http_addr());
+    let later: serde_json::Value = http
+        .post(format!("{base}/v1/token"))
+        .basic_auth("herald", Some("pw"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let later = later["accesstoken"].as_str().unwrap().to_string();
+    let probe = json!({"account": "herald", "type": "at", "from": "0212345678", "to": "01012345678",
+                       "content": {"at": {"senderkey": "k", "templatecode": "T", "message": "probe"}}});
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status =
+            http.post(format!("{base}/v3/message")).bearer_auth(&later).json(&probe).send().await.unwrap().status();
+        if status == 401 {
+            break;
+        }
+        assert!(std::time::Instant::now() < give_up, "the sandbox never expired its token");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let result = client.send(&alimtalk(Some("TPL"))).await.unwrap();
+    assert!(matches!(result, Accepted::Sent { provider_message_id: Some(_) }));
+    let ours: Vec<u16> = sandbox
+        .requests(ProviderKind::Bizppurio)
+        .into_iter()
+        .filter(|e| e.reference.as_deref() == Some(DELIVERY_ID))
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(ours, [200, 401, 200], "the expired token was refused once, then a new one used");
+    sandbox.shutdown();
+}
+
+#[tokio::test]
+async fn a_token_due_for_refresh_is_replaced_before_the_sandbox_refuses_it() {
+    let sandbox = sandbox(json!({"bizppurio_token_lifetime_s": 3600})).await;
+    let (clock, now) = manual_clock();
+    let mut client = sandbox_client(&sandbox);
+    client.tokens = TokenCache::with_clock(clock);
+    client.send(&alimtalk(Some("TPL"))).await.unwrap();
+    // 55 minutes on: inside the ten-minute margin of a one-hour token, so the next send fetches a new one first.
+    *now.lock() += Duration::from_secs(55 * 60);
+    client.send(&alimtalk(Some("TPL"))).await.unwrap();
+    assert_eq!(biz_counts(&sandbox), (2, 0), "both sends accepted, none refused");
+    let (status, stats) = {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let response = http.get(format!("http://{}/_sandbox/stats", sandbox.http_addr())).send().await.unwrap();
+        (response.status().as_u16(), response.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(status, 200);
+    // Two token requests and two messages.
+    assert_eq!(stats["bizppurio"]["accepted"], 4);
+    sandbox.shutdown();
+}
+
+#[tokio::test]
+async fn refused_credentials_at_the_sandbox_alert_the_operator() {
+    let sandbox = sandbox(json!({})).await;
+    let settings =
+        BizppurioSettings { password: Secret::new(""), ..settings(&format!("http://{}", sandbox.http_addr())) };
+    let error = BizppurioClient::new(http_client(), &settings).unwrap().send(&alimtalk(Some("TPL"))).await.unwrap_err();
+    assert_eq!((error.class, error.code.as_str(), error.alert), (ErrorClass::Permanent, "3001", true));
+    sandbox.shutdown();
 }
