@@ -281,12 +281,13 @@ async fn unregistered_rate_one_answers_every_provider_dead_recipient_error() {
 /// Statuses of `n` sequential FCM sends, each carrying `herald_delivery_id` = `d{i}`.
 async fn fcm_referenced(sandbox: &Sandbox, n: usize) -> Vec<u16> {
     let mut statuses = Vec::with_capacity(n);
+    let token = super::fcm::access_token(sandbox).await;
     for i in 0..n {
         let body = json!({"message": {"token": "device-1", "data": {"herald_delivery_id": format!("d{i}")}}});
         let response = sandbox
             .http
             .post(sandbox.url("/v1/projects/p/messages:send"))
-            .bearer_auth("t")
+            .bearer_auth(&token)
             .json(&body)
             .send()
             .await
