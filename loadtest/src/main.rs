@@ -32,6 +32,7 @@ async fn push_accepted(http: &reqwest::Client, sandbox: &str) -> u64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build().unwrap();
     let run = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
     for u in 0..args.users {
