@@ -136,7 +136,7 @@ impl ShardState {
         user.updated_at = now;
         let snapshot = user.clone();
         let record = Arc::new(snapshot.clone());
-        self.ctx.store.submit(
+        self.ctx.submit(
             vec![Write::PutUser(record)],
             Box::new(move |r| drop(reply.send(r.map(|_| snapshot).map_err(Into::into)))),
         );
@@ -148,7 +148,7 @@ impl ShardState {
         user.updated_at = Timestamp::now();
         let snapshot = user.clone();
         let record = Arc::new(snapshot.clone());
-        self.ctx.store.submit(
+        self.ctx.submit(
             vec![Write::PutUser(record)],
             Box::new(move |r| drop(reply.send(r.map(|_| snapshot).map_err(Into::into)))),
         );
@@ -161,7 +161,7 @@ impl ShardState {
         }
         user.updated_at = Timestamp::now();
         let record = Arc::new(user.clone());
-        self.ctx.store.submit(
+        self.ctx.submit(
             vec![Write::PutUser(record)],
             Box::new(move |r| drop(reply.send(r.map(|_| true).map_err(Into::into)))),
         );
@@ -195,7 +195,7 @@ impl ShardState {
         let ctx = self.ctx.clone();
         let shard = me.clone();
         let claims = req.claims;
-        self.ctx.store.submit(
+        self.ctx.submit(
             writes,
             Box::new(move |result| match result {
                 Ok(()) => {
@@ -343,7 +343,7 @@ impl ShardState {
         let retry = retry.map(|delay| (delay, job));
         let ctx = self.ctx.clone();
         // The slot is released only once the outcome is durable: that is what bounds duplicates after a crash.
-        self.ctx.store.submit(
+        self.ctx.submit(
             writes,
             Box::new(move |result| {
                 if let Err(e) = &result {
@@ -382,7 +382,7 @@ impl ShardState {
         let mut writes = vec![Write::PutDelivery(Arc::new(delivery.clone()))];
         let jobs = self.progress(me, &notification_id, false, &mut writes);
         let ctx = self.ctx.clone();
-        self.ctx.store.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
+        self.ctx.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
     }
 
     fn cancel(&mut self, me: &ActorRef<ShardMsg>, id: &str, reply: Reply<NotificationStatus>) {
@@ -406,7 +406,7 @@ impl ShardState {
         let jobs = self.progress(me, id, true, &mut writes);
         let status = self.open.get(id).map_or(NotificationStatus::Cancelled, |o| o.notification.status);
         let ctx = self.ctx.clone();
-        self.ctx.store.submit(
+        self.ctx.submit(
             writes,
             Box::new(move |r| {
                 ctx.dispatch_all(jobs);
@@ -437,7 +437,7 @@ impl ShardState {
         let mut jobs = vec![job_for(open, &delivery, me)];
         jobs.extend(self.progress(me, &id, true, &mut writes));
         let ctx = self.ctx.clone();
-        self.ctx.store.submit(
+        self.ctx.submit(
             writes,
             Box::new(move |r| {
                 if r.is_ok() {
@@ -470,7 +470,7 @@ impl ShardState {
             tracing::info!(shard = self.index, open = self.open.len(), jobs = jobs.len(), "shard restored");
         }
         let ctx = self.ctx.clone();
-        self.ctx.store.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
+        self.ctx.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
     }
 
     /// Puts a stored notification back in memory (restart, or a replay of a finished one).
