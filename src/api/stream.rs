@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
 use tokio::time::{MissedTickBehavior, interval_at, timeout};
 
 use super::AppState;
@@ -51,14 +52,17 @@ async fn serve(mut socket: WebSocket, mut subscription: InboxSubscription, unrea
     let end = run(&mut socket, &mut subscription, unread).await;
     let frame = |code, reason| Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) });
     let close = match end {
-        End::Resync => Some(frame(close_code::AGAIN, "resync: refetch the feed")),
-        End::ServerStopping => Some(frame(close_code::AWAY, "server stopping")),
-        // The WebSocket layer queued the echo of the client's close; sending a close flushes it.
-        End::ClientClosed => Some(None),
+        End::Resync => frame(close_code::AGAIN, "resync: refetch the feed"),
+        End::ServerStopping => frame(close_code::AWAY, "server stopping"),
+        End::ClientClosed => {
+            // The WebSocket layer queued the echo of the client's close; it goes out on the next flush.
+            let _ = timeout(SEND_TIMEOUT, socket.flush()).await;
+            None
+        }
         End::PingUnanswered | End::Gone => None,
     };
     if let Some(frame) = close {
-        let _ = timeout(SEND_TIMEOUT, socket.send(Message::Close(frame))).await;
+        let _ = timeout(SEND_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
     }
     tracing::debug!(end = ?end, "inbox stream closed");
 }
@@ -105,4 +109,63 @@ async fn send(socket: &mut WebSocket, event: &StreamEvent) -> bool {
     // The hub's JSON is UTF-8 by construction; the check is a copy-free scan of a short message.
     let Ok(text) = Utf8Bytes::try_from(event.json().clone()) else { return false };
     matches!(timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await, Ok(Ok(())))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::Router;
+    use axum::routing::get;
+    use futures_util::StreamExt;
+    use parking_lot::Mutex;
+    use tokio_tungstenite::tungstenite::Message as Client;
+
+    use super::*;
+    use crate::engine::InboxHub;
+    use crate::store::EmbeddedStore;
+    use crate::telemetry::Telemetry;
+
+    /// A connection whose subscription already lags its tiny buffer sends `resync` and closes with 1013.
+    #[tokio::test]
+    async fn a_lagging_connection_gets_resync_then_a_1013_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 64).unwrap();
+        let hub = InboxHub::new(store, Arc::new(Telemetry::default()), 2);
+        let subscription = hub.subscribe("u1");
+        for n in 0..5 {
+            hub.broadcast_for_test("u1", StreamEvent::unread_count(n));
+        }
+        let slot = Arc::new(Mutex::new(Some(subscription)));
+        let app = Router::new().route(
+            "/",
+            get(move |upgrade: WebSocketUpgrade| async move {
+                let subscription = slot.lock().take().expect("one connection");
+                upgrade.on_upgrade(move |socket| serve(socket, subscription, 7))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
+        let mut received = Vec::new();
+        // The hang guard is a deadline, not a speed check.
+        while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(30), client.next()).await {
+            received.push(message);
+        }
+        let text = |m: &Client| m.to_text().unwrap().to_string();
+        assert_eq!(text(&received[0]), r#"{"type":"unread_count","unread_count":7}"#);
+        assert_eq!(text(&received[1]), r#"{"type":"resync"}"#);
+        match &received[2] {
+            Client::Close(Some(frame)) => assert_eq!(u16::from(frame.code), close_code::AGAIN),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+        assert_eq!(received.len(), 3, "nothing after the close: {received:?}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while hub.listened_users() != 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the connection's subscription is never dropped");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }

@@ -93,9 +93,12 @@ struct Listeners {
     last_count: Option<u64>,
 }
 
+/// One shard of the hub's map: user id → listeners.
+type HubShard = Mutex<HashMap<Box<str>, Listeners>>;
+
 /// See the module docs.
 pub struct InboxHub {
-    shards: Box<[Mutex<HashMap<Box<str>, Listeners>>]>,
+    shards: Box<[HubShard]>,
     hasher: RandomState,
     generations: AtomicU64,
     capacity: usize,
@@ -119,7 +122,7 @@ impl InboxHub {
         })
     }
 
-    fn shard(&self, user_id: &str) -> &Mutex<HashMap<Box<str>, Listeners>> {
+    fn shard(&self, user_id: &str) -> &HubShard {
         &self.shards[(self.hasher.hash_one(user_id) % HUB_SHARDS as u64) as usize]
     }
 
@@ -145,6 +148,14 @@ impl InboxHub {
     /// Users with at least one open subscription (for tests and diagnostics).
     pub fn listened_users(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Broadcasts `event` to `user_id`'s subscriptions directly, bypassing the store (connection tests).
+    #[cfg(test)]
+    pub(crate) fn broadcast_for_test(&self, user_id: &str, event: StreamEvent) {
+        if let Some(listeners) = self.shard(user_id).lock().get(user_id) {
+            let _ = listeners.sender.send(event);
+        }
     }
 
     /// Ends every stream (engine shutdown): dropping the senders closes the receivers.
@@ -379,16 +390,15 @@ mod tests {
     async fn a_lagging_subscriber_gets_resync_and_its_stream_ends() {
         let (hub, _telemetry, _dir) = hub(2);
         let mut slow = hub.subscribe("u1");
-        let sender = hub.shard("u1").lock()["u1"].sender.clone();
         for n in 0..5 {
-            sender.send(StreamEvent::unread_count(n)).unwrap();
+            hub.broadcast_for_test("u1", StreamEvent::unread_count(n));
         }
         let resync = next(&mut slow).await.expect("a resync before the end");
         assert_eq!(resync, serde_json::json!({"type": "resync"}));
         assert_eq!(next(&mut slow).await, None, "the stream ends after a resync");
         // A subscriber that keeps up is unaffected.
         let mut fresh = hub.subscribe("u1");
-        sender.send(StreamEvent::unread_count(9)).unwrap();
+        hub.broadcast_for_test("u1", StreamEvent::unread_count(9));
         assert_eq!(next(&mut fresh).await.unwrap()["unread_count"], 9);
     }
 
