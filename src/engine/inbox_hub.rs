@@ -247,23 +247,25 @@ impl InboxHub {
                     }
                 }
             };
-            let mut events: Vec<StreamEvent> = items.iter().map(|item| StreamEvent::notification(item)).collect();
-            let mut shard = self.shard(&user_id).lock();
-            let Some(l) = shard.get_mut(&user_id).filter(|l| l.generation == generation) else { return };
-            match count {
+            // Serialized once for all of the user's connections, and the notifications outside the lock.
+            let events = match count {
                 None => {
                     tracing::info!(overflowed, "inbox stream asks its clients to resync");
-                    events = vec![StreamEvent::resync()];
-                    l.last_count = None;
+                    vec![StreamEvent::resync()]
                 }
+                Some(_) => items.iter().map(|item| StreamEvent::notification(item)).collect(),
+            };
+            let mut shard = self.shard(&user_id).lock();
+            let Some(l) = shard.get_mut(&user_id).filter(|l| l.generation == generation) else { return };
+            let count_event = match count {
                 // After notifications always, after read marks only when it changed.
                 Some(count) if !items.is_empty() || l.last_count != Some(count) => {
-                    events.push(StreamEvent::unread_count(count));
-                    l.last_count = Some(count);
+                    Some(StreamEvent::unread_count(count))
                 }
-                Some(_) => {}
-            }
-            for event in events {
+                _ => None,
+            };
+            l.last_count = count;
+            for event in events.into_iter().chain(count_event) {
                 // An error only means every receiver is gone; the last one's drop removes the entry.
                 let _ = l.sender.send(event);
             }
@@ -409,11 +411,12 @@ mod tests {
         for id in ["i1", "i2", "i3"] {
             commit(&hub, vec![Write::PutInboxItem(item("u1", id))]).await;
         }
-        // Changes that land while a batch is being read may share one count; every notification is followed by
-        // one, and the last one counts them all.
+        // Changes that land while a batch is being read may share one count (and a count read for an earlier
+        // batch may already include later items); every notification is followed by a count, and the last
+        // count includes them all.
         let mut seen = Vec::new();
         let mut last_count = None;
-        while last_count != Some(3) {
+        while seen.len() < 3 || last_count != Some(3) {
             let event = next(&mut sub).await.unwrap();
             match event["type"].as_str().unwrap() {
                 "notification" => {
