@@ -69,6 +69,7 @@ pub struct Telemetry {
     provider_pauses: [AtomicU64; PROVIDERS],
     provider_alerts: [AtomicU64; PROVIDERS],
     report_timeouts: [AtomicU64; PROVIDERS],
+    inbox_streams: AtomicI64,
 }
 
 impl Telemetry {
@@ -121,6 +122,11 @@ impl Telemetry {
     pub fn store_error(&self, error: &crate::store::StoreError) {
         self.store_errors.fetch_add(1, Relaxed);
         tracing::warn!(%error, "store commit failed");
+    }
+
+    /// In-app stream connections opened (+1) or closed (-1).
+    pub fn inbox_streams_changed(&self, delta: i64) {
+        self.inbox_streams.fetch_add(delta, Relaxed);
     }
 
     /// Prometheus text exposition.
@@ -196,6 +202,8 @@ impl Telemetry {
         let _ = writeln!(out, "herald_rejected_overload_total {}", self.rejected_overload.load(Relaxed));
         out.push_str("# TYPE herald_store_errors_total counter\n");
         let _ = writeln!(out, "herald_store_errors_total {}", self.store_errors.load(Relaxed));
+        out.push_str("# TYPE herald_inbox_streams gauge\n");
+        let _ = writeln!(out, "herald_inbox_streams {}", self.inbox_streams.load(Relaxed));
         out
     }
 }

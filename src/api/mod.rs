@@ -6,6 +6,7 @@ mod inbox;
 mod json;
 mod notifications;
 mod ops;
+mod stream;
 mod users;
 mod webhooks;
 
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{id}/preferences", put(users::put_preferences).get(users::get_preferences))
         .route("/v1/users/{id}/inbox", get(inbox::list))
         .route("/v1/users/{id}/inbox/read", post(inbox::mark_read))
+        .route("/v1/users/{id}/stream", get(stream::stream))
         .route("/v1/templates/{id}", put(users::put_template).get(users::get_template))
         .route("/v1/notifications", post(notifications::send))
         .route("/v1/notifications/{id}", get(notifications::get).delete(notifications::cancel))

@@ -9,6 +9,7 @@
 mod dispatcher;
 mod error;
 mod idempotency;
+mod inbox_hub;
 mod plan;
 mod report_wait;
 mod request;
@@ -27,12 +28,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{EngineSettings, Settings};
 use crate::domain::{Channel, Delivery, Device, NotificationStatus, Preferences, ProviderKind, Template, User};
 use crate::providers::{Provider, Report};
-use crate::store::{Page, Store, StoredNotification, Write};
+use crate::store::{CommitCallback, Page, Store, StoreError, StoredNotification, Write};
 use crate::telemetry::Telemetry;
 
 pub use dispatcher::{DeliveryJob, DispatcherHandle};
 pub use error::EngineError;
 pub use idempotency::{IdempotencyIndex, Reservation, StableHasher, stable_hash};
+pub use inbox_hub::{InboxHub, InboxSubscription, STREAM_BUFFER, StreamEvent};
 pub use request::{AcceptReply, AdHocRecipient, Claim, Message, NewNotification, UserUpdate};
 use shard::{Shard, ShardArgs, ShardMsg};
 
@@ -42,6 +44,8 @@ pub struct EngineCtx {
     pub telemetry: Arc<Telemetry>,
     pub idempotency: Arc<IdempotencyIndex>,
     pub settings: EngineSettings,
+    /// Open in-app stream connections; inbox commits are published to it (see [`EngineCtx::submit`]).
+    pub inbox: Arc<InboxHub>,
     dispatchers: Vec<Option<DispatcherHandle>>,
     /// Accept requests sent to each shard and not yet handled (admission control).
     shard_pending: Vec<AtomicUsize>,
@@ -51,6 +55,20 @@ pub struct EngineCtx {
 impl EngineCtx {
     fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Submits writes for group commit. Inbox changes among them reach the stream hub after they land, so
+    /// the shard submits through here rather than to the store directly.
+    fn submit(&self, writes: Vec<Write>, done: CommitCallback) {
+        let done = self.inbox.after_commit(&writes, done);
+        self.store.submit(writes, done);
+    }
+
+    /// [`EngineCtx::submit`] and wait.
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(writes, Box::new(move |result| drop(tx.send(result))));
+        rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("store writer stopped".into())))
     }
 
     fn dispatcher(&self, kind: ProviderKind) -> &DispatcherHandle {
@@ -155,6 +173,7 @@ impl Engine {
         let n = settings.engine.shards;
         let ctx = Arc::new(EngineCtx {
             store: store.clone(),
+            inbox: InboxHub::new(store.clone(), telemetry.clone(), STREAM_BUFFER),
             telemetry,
             idempotency,
             settings: settings.engine.clone(),
@@ -205,6 +224,7 @@ impl Engine {
 
     /// Stops the actors.
     pub fn stop(&self) {
+        self.ctx.inbox.close();
         self.supervisor.stop_children(None);
         self.supervisor.stop(None);
     }
@@ -398,7 +418,23 @@ impl Engine {
             Some(ids) => Write::MarkInboxRead { user_id, ids, at },
             None => Write::MarkAllInboxRead { user_id, at },
         };
-        Ok(self.ctx.store.commit(vec![write]).await?)
+        Ok(self.ctx.commit(vec![write]).await?)
+    }
+
+    /// Subscribes to `user_id`'s in-app stream and reads the unread count to start it with. Subscribing first
+    /// means nothing committed after that read is missed. `NotFound` for an unknown user.
+    pub async fn subscribe_inbox(&self, user_id: &str) -> Result<(InboxSubscription, u64), EngineError> {
+        if self.user(user_id).await?.is_none() {
+            return Err(EngineError::NotFound("user"));
+        }
+        let subscription = self.ctx.inbox.subscribe(user_id);
+        let (_, unread) = self.ctx.store.inbox(user_id, None, 1, true).await?;
+        Ok((subscription, unread))
+    }
+
+    /// The in-app stream hub (tests and diagnostics).
+    pub fn inbox_hub(&self) -> &InboxHub {
+        &self.ctx.inbox
     }
 
     /// Ready when the store answers.

@@ -143,7 +143,7 @@ impl ShardState {
         user.updated_at = now;
         let snapshot = user.clone();
         let record = Arc::new(snapshot.clone());
-        self.ctx.store.submit(
+        self.ctx.submit(
             vec![Write::PutUser(record)],
             Box::new(move |r| drop(reply.send(r.map(|_| snapshot).map_err(Into::into)))),
         );
@@ -155,7 +155,7 @@ impl ShardState {
         user.updated_at = Timestamp::now();
         let snapshot = user.clone();
         let record = Arc::new(snapshot.clone());
-        self.ctx.store.submit(
+        self.ctx.submit(
             vec![Write::PutUser(record)],
             Box::new(move |r| drop(reply.send(r.map(|_| snapshot).map_err(Into::into)))),
         );
@@ -168,7 +168,7 @@ impl ShardState {
         }
         user.updated_at = Timestamp::now();
         let record = Arc::new(user.clone());
-        self.ctx.store.submit(
+        self.ctx.submit(
             vec![Write::PutUser(record)],
             Box::new(move |r| drop(reply.send(r.map(|_| true).map_err(Into::into)))),
         );
@@ -202,7 +202,7 @@ impl ShardState {
         let ctx = self.ctx.clone();
         let shard = me.clone();
         let claims = req.claims;
-        self.ctx.store.submit(
+        self.ctx.submit(
             writes,
             Box::new(move |result| match result {
                 Ok(()) => {
@@ -359,7 +359,7 @@ impl ShardState {
         let retry = retry.map(|delay| (delay, job));
         let ctx = self.ctx.clone();
         // The slot is released only once the outcome is durable: that is what bounds duplicates after a crash.
-        self.ctx.store.submit(
+        self.ctx.submit(
             writes,
             Box::new(move |result| {
                 if let Err(e) = &result {
@@ -398,7 +398,7 @@ impl ShardState {
         let mut writes = vec![Write::PutDelivery(Arc::new(delivery.clone()))];
         let jobs = self.progress(me, &notification_id, false, &mut writes);
         let ctx = self.ctx.clone();
-        self.ctx.store.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
+        self.ctx.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
     }
 
     /// Fails the deliveries whose report never came (`engine.report_timeout_ms`); the next channel of a priority
@@ -429,7 +429,7 @@ impl ShardState {
             return;
         }
         let ctx = self.ctx.clone();
-        self.ctx.store.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
+        self.ctx.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
     }
 
     fn cancel(&mut self, me: &ActorRef<ShardMsg>, id: &str, reply: Reply<NotificationStatus>) {
@@ -453,7 +453,7 @@ impl ShardState {
         let jobs = self.progress(me, id, true, &mut writes);
         let status = self.open.get(id).map_or(NotificationStatus::Cancelled, |o| o.notification.status);
         let ctx = self.ctx.clone();
-        self.ctx.store.submit(
+        self.ctx.submit(
             writes,
             Box::new(move |r| {
                 ctx.dispatch_all(jobs);
@@ -484,7 +484,7 @@ impl ShardState {
         let mut jobs = vec![job_for(open, &delivery, me)];
         jobs.extend(self.progress(me, &id, true, &mut writes));
         let ctx = self.ctx.clone();
-        self.ctx.store.submit(
+        self.ctx.submit(
             writes,
             Box::new(move |r| {
                 if r.is_ok() {
@@ -533,7 +533,7 @@ impl ShardState {
             );
         }
         let ctx = self.ctx.clone();
-        self.ctx.store.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
+        self.ctx.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
     }
 
     /// Puts a stored notification back in memory (restart, or a replay of a finished one).
