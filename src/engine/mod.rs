@@ -10,6 +10,7 @@ mod dispatcher;
 mod error;
 mod idempotency;
 mod inbox_hub;
+mod outcome;
 mod plan;
 mod report_wait;
 mod request;
@@ -83,7 +84,7 @@ impl EngineCtx {
 
     fn backoff(&self, attempt: u32) -> Duration {
         let base = Duration::from_millis(self.settings.retry_base_ms);
-        shard::backoff(base, Duration::from_millis(self.settings.retry_max_ms), attempt)
+        outcome::backoff(base, Duration::from_millis(self.settings.retry_max_ms), attempt)
     }
 }
 
