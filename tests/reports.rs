@@ -88,6 +88,40 @@ async fn duplicated_and_contradicting_reports_count_once_and_never_move_backward
     app.running.stop().await;
 }
 
+#[tokio::test]
+async fn waits_for_reports_resume_after_a_restart() {
+    let dead_reports = |s: &mut herald::config::Settings| {
+        s.sandbox.report_url = "http://127.0.0.1:9/webhooks/alimtalk".into();
+        s.engine.report_timeout_ms = 60_000;
+    };
+    let app = alimtalk_without_reports(60_000).await;
+    app.user("u-kakao-2", &[]).await;
+    let lost = app.send(send_alimtalk()).await;
+    let late = app.send(json!({"user_id": "u-kakao-2", "channels": ["alimtalk"], "template": {"id": "counsel"}})).await;
+    let mut delivery_of = std::collections::HashMap::new();
+    for id in [&lost, &late] {
+        let n = app.wait_notification(id, |n| n["deliveries"][0]["status"] == "sent").await;
+        delivery_of.insert(id.clone(), n["deliveries"][0]["id"].as_str().unwrap().to_string());
+    }
+
+    // Restarted with a short timeout: the wait resumes from when the delivery became `sent`, so the one whose
+    // report never comes fails soon after the start, and the other one's report still completes it.
+    let app = app
+        .restart_with(|s| {
+            dead_reports(s);
+            s.engine.report_timeout_ms = 1_500;
+        })
+        .await;
+    assert_eq!(app.post("/webhooks/alimtalk", report(&delivery_of[&late], "7000")).await.0, 200);
+    assert_eq!(app.wait_final(&late).await["deliveries"][0]["status"], "delivered");
+    let n = app.wait_final(&lost).await;
+    assert_eq!(n["deliveries"][0]["status"], "failed", "{n}");
+    assert!(n["deliveries"][0]["events"][2]["reason"].as_str().unwrap().starts_with("report_timeout"));
+    // Neither was sent to the provider again: Bizppurio has them.
+    assert_eq!(app.sandbox().record().len(), 0, "the restarted sandbox received nothing");
+    app.running.stop().await;
+}
+
 /// Report chaos: 1,000 alimtalk sends whose reports are delayed by a random jitter (so they overtake each
 /// other), 30% posted twice and 5% never posted. No delivery is counted twice, none moves backwards, every one
 /// with a posted report is delivered and every one whose report was dropped ends `failed` by the report timeout.

@@ -48,6 +48,28 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 impl TestApp {
+    /// Stops this Herald and starts a new one on the same data directory, with `tweak` applied to fresh test
+    /// settings (a restart, as after a deploy).
+    pub async fn restart_with(self, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        let TestApp { running, http, dir, .. } = self;
+        running.stop().await;
+        let mut settings = test_settings(&dir);
+        tweak(&mut settings);
+        // The stopped engine's actors let go of the store file a moment after `stop` returns.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let running = loop {
+            match serve(settings.clone(), CancellationToken::new()).await {
+                Ok(running) => break running,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("herald restarts: {e:?}"),
+            }
+        };
+        let base = running.base_url();
+        TestApp { running, http, base, dir }
+    }
+
     pub fn sandbox(&self) -> &herald::sandbox::SandboxHandle {
         self.running.sandbox.as_ref().expect("sandbox enabled")
     }
