@@ -56,8 +56,8 @@ fn an_expired_idempotency_entry_is_deleted_not_set() {
 
 #[test]
 fn logs_and_errors_name_the_redis_without_its_password() {
-    let mut settings = RedisSettings::default();
-    settings.url = Secret::new("redis://admin:hunter2@cache.internal:6380/2");
+    let settings =
+        RedisSettings { url: Secret::new("redis://admin:hunter2@cache.internal:6380/2"), ..RedisSettings::default() };
     assert_eq!(super::redact(&settings), "cache.internal:6380/2");
     assert_eq!(super::redact(&RedisSettings::default()), "127.0.0.1:6379");
 }
