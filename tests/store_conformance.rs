@@ -28,7 +28,7 @@ pub struct Embedded {
 }
 
 /// Small enough that the group-commit tests see several batches (both backends use it).
-const EMBEDDED_BATCH_MAX: usize = 256;
+const BATCH_MAX: usize = 256;
 
 impl Embedded {
     fn new() -> Embedded {
@@ -40,7 +40,7 @@ impl Backend for Embedded {
     type Store = EmbeddedStore;
 
     fn open(&self) -> Arc<EmbeddedStore> {
-        EmbeddedStore::open(self.dir.path(), EMBEDDED_BATCH_MAX).expect("open embedded store")
+        EmbeddedStore::open(self.dir.path(), BATCH_MAX).expect("open embedded store")
     }
 
     fn commits(store: &EmbeddedStore) -> u64 {
@@ -67,7 +67,7 @@ impl Backend for Redis {
         let settings = RedisSettings { url: Secret::new(self.server.url()), ..RedisSettings::default() };
         // `open` is async (it connects); the suite runs on a multi-threaded runtime, so blocking here is allowed.
         tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(RedisStore::open(&settings, EMBEDDED_BATCH_MAX))
+            tokio::runtime::Handle::current().block_on(RedisStore::open(&settings, BATCH_MAX))
         })
         .expect("open redis store")
     }
