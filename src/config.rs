@@ -59,11 +59,42 @@ pub struct ServerSettings {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
-    /// `embedded` (the only backend so far).
+    /// `embedded` (redb under `data_dir`) or `redis` (`[store.redis]`).
     pub backend: String,
     pub data_dir: PathBuf,
     /// Most writes in one group commit.
     pub commit_batch_max: usize,
+    /// Used when `backend = "redis"`.
+    #[serde(default)]
+    pub redis: RedisSettings,
+}
+
+/// `[store.redis]`: the Redis backend (`docs/store.md`, "Redis backend").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]`; a secret because it may carry the password.
+    pub url: Secret,
+    /// Prefix of every key Herald writes, so one Redis can hold several deployments.
+    pub prefix: String,
+    /// Bound on every Redis call (and on each group commit); past it the call fails as unavailable (503).
+    pub command_timeout_ms: u64,
+    /// Most items kept per user inbox; older ones are trimmed in the commit that adds a new one.
+    pub inbox_cap: usize,
+    /// Seconds a final notification (with its deliveries) is kept before Redis expires it.
+    pub retention_s: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: Secret::new("redis://127.0.0.1:6379"),
+            prefix: "herald:".into(),
+            command_timeout_ms: 2000,
+            inbox_cap: 1000,
+            retention_s: 7 * 24 * 3600,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -158,8 +189,24 @@ impl Settings {
     /// Checks values serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, message: &str| Err(ConfigError::Invalid { field, message: message.to_string() });
-        if self.store.backend != "embedded" {
-            return invalid("store.backend", "only `embedded` is available");
+        match self.store.backend.as_str() {
+            "embedded" => {}
+            "redis" => {
+                let redis = &self.store.redis;
+                if redis.prefix.is_empty() {
+                    return invalid("store.redis.prefix", "must not be empty");
+                }
+                if redis.command_timeout_ms == 0 {
+                    return invalid("store.redis.command_timeout_ms", "must be at least 1");
+                }
+                if redis.inbox_cap == 0 {
+                    return invalid("store.redis.inbox_cap", "must be at least 1");
+                }
+                if redis.retention_s == 0 {
+                    return invalid("store.redis.retention_s", "must be at least 1");
+                }
+            }
+            _ => return invalid("store.backend", "must be `embedded` or `redis`"),
         }
         if self.store.commit_batch_max == 0 {
             return invalid("store.commit_batch_max", "must be at least 1");
@@ -252,6 +299,29 @@ mod tests {
             let env = Env::prefixed("HERALDZ__").split("__").lowercase(true);
             let err = Settings::load(&config_dir(), "default", env).unwrap_err();
             assert!(err.to_string().contains("shardz"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_store_backend_is_checked_and_redis_settings_default() {
+        let s = Settings::load(&config_dir(), "default", Env::prefixed("HERALD_TEST_NONE__")).unwrap();
+        assert_eq!((s.store.backend.as_str(), s.store.redis.prefix.as_str()), ("embedded", "herald:"));
+        assert_eq!(s.store.redis.url.expose(), "redis://127.0.0.1:6379");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALDB__STORE__BACKEND", "postgres");
+            let env = Env::prefixed("HERALDB__").split("__").lowercase(true);
+            let err = Settings::load(&config_dir(), "default", env).unwrap_err();
+            assert!(err.to_string().contains("store.backend"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALDR__STORE__BACKEND", "redis");
+            jail.set_env("HERALDR__STORE__REDIS__INBOX_CAP", "50");
+            let env = Env::prefixed("HERALDR__").split("__").lowercase(true);
+            let s = Settings::load(&config_dir(), "default", env).unwrap();
+            assert_eq!((s.store.backend.as_str(), s.store.redis.inbox_cap), ("redis", 50));
+            assert_eq!(s.store.redis.command_timeout_ms, 2000, "unset keys keep their defaults");
             Ok(())
         });
     }

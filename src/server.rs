@@ -13,7 +13,7 @@ use crate::api::{AppState, router};
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::sandbox::{self, SandboxHandle};
-use crate::store::{EmbeddedStore, Store};
+use crate::store::{EmbeddedStore, RedisStore, Store};
 use crate::telemetry::Telemetry;
 
 /// A running Herald.
@@ -70,8 +70,7 @@ pub async fn serve(mut settings: Settings, shutdown: CancellationToken) -> anyho
         None
     };
 
-    let store: Arc<dyn Store> = EmbeddedStore::open(&settings.store.data_dir, settings.store.commit_batch_max)
-        .with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))?;
+    let store = open_store(&settings).await?;
     let providers = crate::providers::build(&settings.providers, &public_url).context("building provider clients")?;
     let telemetry = Arc::new(Telemetry::default());
     let engine =
@@ -83,4 +82,15 @@ pub async fn serve(mut settings: Settings, shutdown: CancellationToken) -> anyho
     let task =
         tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
     Ok(Running { addr, sandbox, engine, shutdown, task })
+}
+
+/// Opens the configured backend. A Redis that cannot be reached at start fails the start with the reason (no
+/// retry loop: a supervisor restarting Herald retries, and a wrong URL should not look like a slow start).
+async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let store = &settings.store;
+    Ok(match store.backend.as_str() {
+        "redis" => RedisStore::open(&store.redis, store.commit_batch_max).await.context("opening the redis store")?,
+        _ => EmbeddedStore::open(&store.data_dir, store.commit_batch_max)
+            .with_context(|| format!("opening the store in {}", store.data_dir.display()))?,
+    })
 }

@@ -8,7 +8,10 @@ mod common;
 
 use std::sync::Arc;
 
-use herald::store::{EmbeddedStore, Store};
+use herald::config::{RedisSettings, Secret};
+use herald::store::{EmbeddedStore, RedisStore, Store};
+
+use common::redis::RedisServer;
 
 /// A store backend under test.
 pub trait Backend {
@@ -24,8 +27,8 @@ pub struct Embedded {
     dir: tempfile::TempDir,
 }
 
-/// Small enough that the group-commit tests see several batches.
-const EMBEDDED_BATCH_MAX: usize = 256;
+/// Small enough that the group-commit tests see several batches (both backends use it).
+const BATCH_MAX: usize = 256;
 
 impl Embedded {
     fn new() -> Embedded {
@@ -37,10 +40,39 @@ impl Backend for Embedded {
     type Store = EmbeddedStore;
 
     fn open(&self) -> Arc<EmbeddedStore> {
-        EmbeddedStore::open(self.dir.path(), EMBEDDED_BATCH_MAX).expect("open embedded store")
+        EmbeddedStore::open(self.dir.path(), BATCH_MAX).expect("open embedded store")
     }
 
     fn commits(store: &EmbeddedStore) -> u64 {
+        store.commits()
+    }
+}
+
+/// A private redis-server; every `open` connects a new store to it (same prefix, so it sees the same data).
+pub struct Redis {
+    server: RedisServer,
+}
+
+impl Redis {
+    /// `None` when redis-server is missing (the test is skipped unless `HERALD_REQUIRE_REDIS=1`).
+    fn new() -> Option<Redis> {
+        RedisServer::start().map(|server| Redis { server })
+    }
+}
+
+impl Backend for Redis {
+    type Store = RedisStore;
+
+    fn open(&self) -> Arc<RedisStore> {
+        let settings = RedisSettings { url: Secret::new(self.server.url()), ..RedisSettings::default() };
+        // `open` is async (it connects); the suite runs on a multi-threaded runtime, so blocking here is allowed.
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(RedisStore::open(&settings, BATCH_MAX))
+        })
+        .expect("open redis store")
+    }
+
+    fn commits(store: &RedisStore) -> u64 {
         store.commits()
     }
 }
@@ -86,6 +118,13 @@ macro_rules! conformance {
 }
 
 conformance!(embedded, Embedded::new());
+conformance!(
+    redis,
+    match Redis::new() {
+        Some(redis) => redis,
+        None => return,
+    }
+);
 
 pub mod suite {
     use std::sync::Arc;

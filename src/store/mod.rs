@@ -1,6 +1,6 @@
 //! Durable state behind one trait, [`Store`], with one backend per module.
 //!
-//! Architecture invariant: only `store/` knows the embedded database (and, later, Redis). The engine sees
+//! Architecture invariant: only `store/` knows the embedded database and Redis. The engine sees
 //! [`Write`]s it submits for group commit, and reads for start-up recovery and API queries.
 //!
 //! Durability contract (`docs/engine-semantics.md`): when a [`CommitCallback`] runs with `Ok(())`, every write
@@ -15,9 +15,12 @@ use thiserror::Error;
 
 use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Template, User};
 
+mod codec;
 pub mod embedded;
+pub mod redis;
 
 pub use embedded::EmbeddedStore;
+pub use redis::RedisStore;
 
 /// One change to durable state. The backend keeps its secondary indexes (open deliveries, DLQ, inbox order)
 /// consistent with these; callers never write index entries themselves.

@@ -1,6 +1,8 @@
 //! Records for store tests: small valid domain values with the fields the store indexes on as parameters.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod redis;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

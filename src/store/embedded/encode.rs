@@ -3,11 +3,10 @@
 //! the single writer thread mostly does B-tree work (only read marks decode and rewrite an inbox item there).
 
 use jiff::Timestamp;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::tables::idempotency_value;
 use crate::domain::DeliveryStatus;
+pub use crate::store::codec::{from_json, to_json};
 use crate::store::{StoreError, Write};
 
 /// One encoded write, ready for the writer thread.
@@ -89,14 +88,4 @@ fn encode_one(write: Write) -> Result<Op, StoreError> {
         Write::MarkInboxRead { user_id, ids, at } => Op::MarkRead { user_id, ids, at },
         Write::MarkAllInboxRead { user_id, at } => Op::MarkAllRead { user_id, at },
     })
-}
-
-/// Serializes a record.
-pub fn to_json<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(format!("cannot encode record: {e}")))
-}
-
-/// Deserializes a stored record; a record that does not parse is corrupt.
-pub fn from_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
