@@ -15,15 +15,14 @@ use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use parking_lot::RwLock;
-use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RsaKeyPair, UnparsedPublicKey};
-use rustls_pki_types::PrivatePkcs8KeyDer;
-use rustls_pki_types::pem::PemObject;
+use ring::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::SandboxState;
 use crate::domain::ProviderKind;
 use crate::providers::dev_credentials::FCM_SERVICE_ACCOUNT_JSON;
+use crate::providers::fcm::ServiceAccount;
 
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -136,21 +135,11 @@ impl GoogleOAuth {
     }
 }
 
-/// A service-account JSON's email and public key (derived from its private key).
+/// A service-account JSON's email and public key (derived from its private key, read as the FCM client reads it).
 fn trusted(json: &str) -> Result<(String, Trusted), String> {
-    #[derive(Deserialize)]
-    struct KeyFile {
-        client_email: String,
-        private_key: String,
-        #[serde(default)]
-        private_key_id: String,
-    }
-    let file: KeyFile = serde_json::from_str(json).map_err(|e| format!("not a service-account JSON key: {e}"))?;
-    let der = PrivatePkcs8KeyDer::from_pem_slice(file.private_key.as_bytes())
-        .map_err(|_| "private_key is not a PEM PKCS#8 key".to_string())?;
-    let key = RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).map_err(|e| format!("private_key: {e}"))?;
-    let public_key = key.public().as_ref().to_vec();
-    Ok((file.client_email, Trusted { key_id: file.private_key_id, public_key }))
+    let account = ServiceAccount::from_json(json).map_err(|e| format!("not a usable service-account JSON key: {e}"))?;
+    let public_key = account.public_key_der().to_vec();
+    Ok((account.client_email, Trusted { key_id: account.key_id, public_key }))
 }
 
 fn decode_part<T: serde::de::DeserializeOwned>(part: &str) -> Option<T> {
@@ -239,6 +228,9 @@ fn exchange(state: &SandboxState, body: &[u8]) -> Result<Response, OAuthError> {
 
 #[cfg(test)]
 mod tests {
+    use ring::signature::RsaKeyPair;
+    use rustls_pki_types::PrivatePkcs8KeyDer;
+    use rustls_pki_types::pem::PemObject;
     use serde_json::Value;
 
     use super::*;

@@ -45,6 +45,8 @@ struct KeyFile {
 /// A loaded service account, ready to sign assertions.
 pub struct ServiceAccount {
     pub client_email: String,
+    /// `private_key_id`, sent as the assertion's `kid` (empty when the file has none).
+    pub key_id: String,
     pub project_id: String,
     pub token_uri: String,
     /// `base64url({"alg":"RS256","typ":"JWT","kid":…})`: the same for every assertion, so encoded once.
@@ -80,6 +82,7 @@ impl ServiceAccount {
         Ok(ServiceAccount {
             header: encode_json(&header),
             client_email: file.client_email,
+            key_id: file.private_key_id,
             project_id: file.project_id,
             token_uri: file.token_uri,
             key,
@@ -103,7 +106,6 @@ impl ServiceAccount {
     }
 
     /// The DER `RSAPublicKey` that verifies this account's signatures.
-    #[cfg(test)]
     pub fn public_key_der(&self) -> &[u8] {
         self.key.public().as_ref()
     }

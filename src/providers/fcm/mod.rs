@@ -7,6 +7,7 @@ mod error;
 mod oauth;
 mod settings;
 
+pub use account::ServiceAccount;
 pub use client::FcmClient;
 pub use error::FcmError;
 pub use oauth::{Clock, SystemClock};
