@@ -294,28 +294,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_reason_is_classified_from_the_wire() {
-        let cases = [
-            (410, "Unregistered", ErrorClass::Unregistered),
-            (410, "ExpiredToken", ErrorClass::Unregistered),
-            (400, "BadDeviceToken", ErrorClass::Permanent),
-            (400, "BadTopic", ErrorClass::Permanent),
-            (400, "DeviceTokenNotForTopic", ErrorClass::Permanent),
-            (400, "BadCollapseId", ErrorClass::Permanent),
-            (400, "BadExpirationDate", ErrorClass::Permanent),
-            (400, "PayloadEmpty", ErrorClass::Permanent),
-            (400, "MissingTopic", ErrorClass::Permanent),
-            (400, "InvalidPushType", ErrorClass::Permanent),
-            (413, "PayloadTooLarge", ErrorClass::Permanent),
-            (403, "Forbidden", ErrorClass::Permanent),
-            (403, "InvalidProviderToken", ErrorClass::Permanent),
-            (403, "MissingProviderToken", ErrorClass::Permanent),
-            (403, "ExpiredProviderToken", ErrorClass::Retryable),
-            (429, "TooManyRequests", ErrorClass::RateLimited),
-            (429, "TooManyProviderTokenUpdates", ErrorClass::Retryable),
-            (500, "InternalServerError", ErrorClass::Retryable),
-            (503, "ServiceUnavailable", ErrorClass::Retryable),
-            (503, "Shutdown", ErrorClass::Retryable),
-        ];
+        let cases = crate::providers::apns::error::DOCUMENTED_REASONS;
         let peer = FakePeer::start(move |r| {
             let reason = r.target.rsplit('/').next().unwrap().to_string();
             let (status, ..) = cases.iter().find(|c| c.1 == reason).unwrap();
