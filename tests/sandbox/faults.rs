@@ -161,23 +161,27 @@ async fn permanent_rate_one_fails_every_provider_with_its_permanent_error() {
     assert_eq!(sandbox.handle.record().len(), 5);
 }
 
-/// Statuses of `n` sequential FCM sends.
-async fn fcm_statuses(sandbox: &Sandbox, n: usize) -> Vec<u16> {
+/// Statuses of `n` sequential FCM sends, the `i`th with the body `body(i)`.
+async fn fcm_sends(sandbox: &Sandbox, n: usize, body: impl Fn(usize) -> Value) -> Vec<u16> {
     let mut statuses = Vec::with_capacity(n);
-    let body = json!({"message": {"token": "device-1", "notification": {"body": "hi"}}});
     let token = super::fcm::access_token(sandbox).await;
-    for _ in 0..n {
+    for i in 0..n {
         let response = sandbox
             .http
             .post(sandbox.url("/v1/projects/p/messages:send"))
             .bearer_auth(&token)
-            .json(&body)
+            .json(&body(i))
             .send()
             .await
             .unwrap();
         statuses.push(response.status().as_u16());
     }
     statuses
+}
+
+/// Statuses of `n` sequential FCM sends.
+async fn fcm_statuses(sandbox: &Sandbox, n: usize) -> Vec<u16> {
+    fcm_sends(sandbox, n, |_| json!({"message": {"token": "device-1", "notification": {"body": "hi"}}})).await
 }
 
 #[tokio::test]
@@ -280,21 +284,12 @@ async fn unregistered_rate_one_answers_every_provider_dead_recipient_error() {
 
 /// Statuses of `n` sequential FCM sends, each carrying `herald_delivery_id` = `d{i}`.
 async fn fcm_referenced(sandbox: &Sandbox, n: usize) -> Vec<u16> {
-    let mut statuses = Vec::with_capacity(n);
-    let token = super::fcm::access_token(sandbox).await;
-    for i in 0..n {
-        let body = json!({"message": {"token": "device-1", "data": {"herald_delivery_id": format!("d{i}")}}});
-        let response = sandbox
-            .http
-            .post(sandbox.url("/v1/projects/p/messages:send"))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        statuses.push(response.status().as_u16());
-    }
-    statuses
+    fcm_sends(
+        sandbox,
+        n,
+        |i| json!({"message": {"token": "device-1", "data": {"herald_delivery_id": format!("d{i}")}}}),
+    )
+    .await
 }
 
 #[tokio::test]
