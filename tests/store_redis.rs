@@ -30,16 +30,20 @@ async fn open(settings: &RedisSettings) -> Arc<RedisStore> {
     RedisStore::open(settings, 256).await.expect("open redis store")
 }
 
-/// Retries `commit` until it succeeds (bounded): the connection comes back in the background after Redis does.
-async fn commit_eventually(store: &RedisStore, writes: impl Fn() -> Vec<Write>) {
+/// Retries `attempt` until it succeeds (bounded): the connection comes back in the background after Redis does.
+async fn eventually_ok<T, F: Future<Output = Result<T, StoreError>>>(what: &str, attempt: impl Fn() -> F) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match store.commit(writes()).await {
-            Ok(()) => return,
-            Err(e) => assert!(Instant::now() < deadline, "commits never worked again: {e}"),
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) => assert!(Instant::now() < deadline, "{what} never worked again: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn commit_eventually(store: &RedisStore, writes: impl Fn() -> Vec<Write>) {
+    eventually_ok("commits", || store.commit(writes())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -73,14 +77,7 @@ async fn every_acknowledged_write_survives_a_redis_kill_and_restart() {
     server.restart();
 
     let acked = acked.lock().clone();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let stored = loop {
-        match store.users().await {
-            Ok(users) => break users,
-            Err(e) => assert!(Instant::now() < deadline, "redis never came back: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let stored = eventually_ok("reads", || store.users()).await;
     let stored: std::collections::HashSet<_> = stored.into_iter().map(|u| u.id).collect();
     let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).collect();
     assert!(lost.is_empty(), "{} of {} acknowledged writes lost: {lost:?}", lost.len(), acked.len());
