@@ -128,6 +128,9 @@ impl Bench {
                 claims: Vec::new(),
                 metadata: None,
                 expires_at: None,
+                send_at: None,
+                reason: None,
+                sequence: None,
             };
             self.engine.send(request, n, n)
         });

@@ -40,6 +40,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub store: StoreSettings,
     pub engine: EngineSettings,
+    pub scheduling: SchedulingSettings,
     pub providers: ProvidersSettings,
     pub sandbox: crate::sandbox::SandboxSettings,
 }
@@ -119,6 +120,27 @@ pub struct EngineSettings {
     /// A delivery the provider accepted (`sent`) fails with `report_timeout` if no delivery report arrives
     /// within this long (the report was lost); a late report then changes nothing.
     pub report_timeout_ms: u64,
+}
+
+/// Scheduled sends (`send_at`), quiet hours and sequences; see `docs/scheduling.md`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulingSettings {
+    /// `send_at` must be at least this far in the future.
+    pub min_lead_s: u64,
+    /// ... and at most this far.
+    pub max_lead_s: u64,
+    /// A scheduled notification can be changed (PATCH) until this long before it is due.
+    pub patch_cutoff_s: u64,
+    /// Scheduled notifications due within this window are loaded from the store's index into the shards'
+    /// timers ahead of time. Must be shorter than `patch_cutoff_s`, so a PATCH never meets a loaded one.
+    pub horizon_s: u64,
+    /// How often the loader reads the next slice of the index.
+    pub load_interval_ms: u64,
+    /// Scheduled notifications read from the index per round trip.
+    pub load_batch: usize,
+    /// A sequence step's default time limit (the request's `step_timeout` overrides it).
+    pub step_timeout_s: u64,
 }
 
 /// Rate and concurrency limits of one provider's dispatcher.
@@ -210,6 +232,19 @@ impl Settings {
         }
         if self.store.commit_batch_max == 0 {
             return invalid("store.commit_batch_max", "must be at least 1");
+        }
+        let sched = &self.scheduling;
+        if sched.max_lead_s <= sched.min_lead_s {
+            return invalid("scheduling.max_lead_s", "must be greater than scheduling.min_lead_s");
+        }
+        if sched.horizon_s == 0 || sched.horizon_s >= sched.patch_cutoff_s {
+            return invalid("scheduling.horizon_s", "must be at least 1 and less than scheduling.patch_cutoff_s");
+        }
+        if sched.load_interval_ms == 0 || sched.load_interval_ms >= sched.horizon_s * 1000 {
+            return invalid("scheduling.load_interval_ms", "must be at least 1 and less than the horizon");
+        }
+        if sched.load_batch == 0 || sched.step_timeout_s == 0 {
+            return invalid("scheduling.load_batch", "load_batch and step_timeout_s must be at least 1");
         }
         if self.engine.shards == 0 || self.engine.shards > 4096 {
             return invalid("engine.shards", "must be between 1 and 4096");

@@ -6,6 +6,8 @@
 pub mod channel;
 pub mod contact;
 pub mod notification;
+pub mod schedule;
+pub mod sequence;
 pub mod template;
 pub mod user;
 
@@ -13,7 +15,8 @@ pub use channel::{Category, Channel, Platform, Priority, ProviderKind, Strategy}
 pub use contact::{ContactError, normalize_email, normalize_phone};
 pub use notification::{
     Address, Delivery, DeliveryId, DeliveryStatus, Event, EventKind, IdempotencyEntry, InboxItem, Notification,
-    NotificationId, NotificationStatus, Rendered, new_id,
+    NotificationId, NotificationStatus, Rendered, StepRef, new_id,
 };
+pub use sequence::{OnFailure, Sequence, SequenceId, SequenceStatus, SequenceStep, StepStatus};
 pub use template::{RenderError, Template, TemplateBody};
 pub use user::{Device, Preferences, QuietHours, User};

@@ -184,8 +184,25 @@ pub struct Notification {
     pub metadata: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
+    /// When a scheduled send is due. While the status is `scheduled` the notification has no deliveries yet and
+    /// is in the store's scheduled index instead of its open index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<Timestamp>,
+    /// Why the notification ended without deliveries (e.g. `expired`), or why it was deferred (`quiet_hours`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Set when this notification is one step of a sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<StepRef>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// Which step of which sequence a notification carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRef {
+    pub sequence_id: String,
+    pub step: usize,
 }
 
 impl Notification {

@@ -156,6 +156,9 @@ mod tests {
             idempotency_key: None,
             metadata: None,
             expires_at: None,
+            send_at: None,
+            reason: None,
+            sequence: None,
             created_at: now,
             updated_at: now,
         }

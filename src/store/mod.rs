@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use thiserror::Error;
 
-use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Template, User};
+use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
 
 mod codec;
 pub mod embedded;
@@ -28,8 +28,9 @@ pub use redis::RedisStore;
 pub enum Write {
     PutUser(Arc<User>),
     PutTemplate(Arc<Template>),
-    /// Insert or replace a notification. While its status is not final it is "open" and is returned by
-    /// [`Store::open_notifications`].
+    /// Insert or replace a notification. While its status is `scheduled` it is in the scheduled index (by
+    /// `send_at`, then id) and returned by [`Store::scheduled`]; otherwise, while its status is not final, it is
+    /// "open" and returned by [`Store::open_notifications`].
     PutNotification(Arc<Notification>),
     /// Insert or replace a delivery. A delivery whose status is `dead` is in the DLQ.
     PutDelivery(Arc<Delivery>),
@@ -48,6 +49,8 @@ pub enum Write {
         user_id: String,
         at: Timestamp,
     },
+    /// Insert or replace a sequence. While its status is not final it is returned by [`Store::open_sequences`].
+    PutSequence(Arc<Sequence>),
 }
 
 /// Runs once the writes it was submitted with are committed (or have failed). Runs on the store's own thread,
@@ -76,6 +79,20 @@ pub struct StoredNotification {
     pub notification: Notification,
     /// Ordered by id (UUIDv7 ids are monotonic within a process, so this is creation order).
     pub deliveries: Vec<Delivery>,
+}
+
+/// A position in the scheduled index: entries are ordered by due time (ms since the epoch), then id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ScheduleCursor {
+    pub due_ms: i64,
+    pub id: String,
+}
+
+impl ScheduleCursor {
+    /// The cursor of a scheduled notification (its `send_at`, or the epoch if it has none).
+    pub fn of(n: &Notification) -> Self {
+        Self { due_ms: n.send_at.map_or(0, |t| t.as_millisecond()), id: n.id.clone() }
+    }
 }
 
 /// The durable state of Herald. See the module docs for the durability contract.
@@ -118,6 +135,18 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         unread_only: bool,
     ) -> Result<(Page<InboxItem>, u64), StoreError>;
+    /// Scheduled notifications (status `scheduled`) after `after` (exclusive; from the start when `None`) and
+    /// due at or before `until_ms`, in (due, id) order, at most `limit`. Reads the index, never the whole store.
+    async fn scheduled(
+        &self,
+        after: Option<&ScheduleCursor>,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError>;
+    /// One sequence.
+    async fn sequence(&self, id: &str) -> Result<Option<Sequence>, StoreError>;
+    /// Sequences whose status is not final, in id (creation) order.
+    async fn open_sequences(&self) -> Result<Vec<Sequence>, StoreError>;
     /// The highest notification `seq` stored (0 when empty), so sequence numbers continue after a restart.
     async fn max_seq(&self) -> Result<u64, StoreError>;
     /// Ok when the store can serve reads and writes.

@@ -44,6 +44,9 @@ pub fn notification(id: &str, seq: u64, status: NotificationStatus) -> Arc<Notif
         idempotency_key: Some("key".into()),
         metadata: Some(serde_json::json!({"order": 42})),
         expires_at: None,
+        send_at: None,
+        reason: None,
+        sequence: None,
         created_at: Timestamp::UNIX_EPOCH,
         updated_at: Timestamp::UNIX_EPOCH,
     })

@@ -87,5 +87,6 @@ fn encode_one(write: Write) -> Result<Op, StoreError> {
         },
         Write::MarkInboxRead { user_id, ids, at } => Op::MarkRead { user_id, ids, at },
         Write::MarkAllInboxRead { user_id, at } => Op::MarkAllRead { user_id, at },
+        Write::PutSequence(_) => todo!("sequences: store helper"),
     })
 }

@@ -23,8 +23,8 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use redb::{Database, ReadTransaction, ReadableDatabase};
 
-use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Template, User};
-use crate::store::{CommitCallback, Page, Store, StoreError, StoredNotification, Write};
+use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
+use crate::store::{CommitCallback, Page, ScheduleCursor, Store, StoreError, StoredNotification, Write};
 use tables::db_error;
 use writer::{Submission, WriterStats};
 
@@ -150,6 +150,23 @@ impl Store for EmbeddedStore {
     ) -> Result<(Page<InboxItem>, u64), StoreError> {
         let (user_id, cursor) = (user_id.to_string(), cursor.map(str::to_string));
         self.read(move |txn| read::inbox(txn, &user_id, cursor.as_deref(), limit, unread_only)).await
+    }
+
+    async fn scheduled(
+        &self,
+        _after: Option<&ScheduleCursor>,
+        _until_ms: i64,
+        _limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        todo!("scheduled index: store helper")
+    }
+
+    async fn sequence(&self, _id: &str) -> Result<Option<Sequence>, StoreError> {
+        todo!("sequences: store helper")
+    }
+
+    async fn open_sequences(&self) -> Result<Vec<Sequence>, StoreError> {
+        todo!("sequences: store helper")
     }
 
     async fn max_seq(&self) -> Result<u64, StoreError> {

@@ -50,6 +50,9 @@ fn notification(id: &str, seq: u64, status: NotificationStatus) -> Arc<Notificat
         idempotency_key: None,
         metadata: None,
         expires_at: None,
+        send_at: None,
+        reason: None,
+        sequence: None,
         created_at: Timestamp::UNIX_EPOCH,
         updated_at: Timestamp::UNIX_EPOCH,
     })

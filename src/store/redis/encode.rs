@@ -122,6 +122,7 @@ pub fn encode(layout: &Layout, writes: Vec<Write>, now_ms: i64) -> Result<Encode
                     .arg(keys.inbox_read(&user_id))
                     .arg(to_json(&at)?);
             }
+            Write::PutSequence(_) => todo!("sequences: store helper"),
         }
     }
     Ok(out)

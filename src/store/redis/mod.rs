@@ -29,8 +29,8 @@ use jiff::Timestamp;
 use tokio::sync::mpsc::{self, UnboundedSender};
 
 use crate::config::RedisSettings;
-use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Template, User};
-use crate::store::{CommitCallback, Page, Store, StoreError, StoredNotification, Write};
+use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
+use crate::store::{CommitCallback, Page, ScheduleCursor, Store, StoreError, StoredNotification, Write};
 use encode::Layout;
 use keys::Keys;
 use writer::{Submission, Writer, WriterStats};
@@ -176,6 +176,23 @@ impl Store for RedisStore {
     ) -> Result<(Page<InboxItem>, u64), StoreError> {
         self.read("inbox", |mut c, k| async move { read::inbox(&mut c, k, user_id, cursor, limit, unread_only).await })
             .await
+    }
+
+    async fn scheduled(
+        &self,
+        _after: Option<&ScheduleCursor>,
+        _until_ms: i64,
+        _limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        todo!("scheduled index: store helper")
+    }
+
+    async fn sequence(&self, _id: &str) -> Result<Option<Sequence>, StoreError> {
+        todo!("sequences: store helper")
+    }
+
+    async fn open_sequences(&self) -> Result<Vec<Sequence>, StoreError> {
+        todo!("sequences: store helper")
     }
 
     async fn max_seq(&self) -> Result<u64, StoreError> {
