@@ -55,7 +55,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{id}/stream", get(stream::stream))
         .route("/v1/templates/{id}", put(users::put_template).get(users::get_template))
         .route("/v1/notifications", post(notifications::send))
-        .route("/v1/notifications/{id}", get(notifications::get).delete(notifications::cancel))
+        .route(
+            "/v1/notifications/{id}",
+            get(notifications::get).patch(notifications::patch).delete(notifications::cancel),
+        )
         .route("/v1/dlq", get(ops::dlq))
         .route("/v1/dlq/{id}/replay", post(ops::replay))
         .route("/webhooks/sms", post(webhooks::sms))

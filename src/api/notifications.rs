@@ -1,4 +1,4 @@
-//! `POST/GET/DELETE /v1/notifications`.
+//! `POST/GET/PATCH/DELETE /v1/notifications`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,11 +14,12 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::{AppState, valid_id};
+use crate::domain::schedule::{SendAt, parse_send_at};
 use crate::domain::{
-    Address, Category, Channel, Delivery, Event, Platform, Priority, Rendered, Strategy, normalize_email,
+    Address, Category, Channel, Delivery, Event, Notification, Platform, Priority, Rendered, Strategy, normalize_email,
     normalize_phone,
 };
-use crate::engine::{AdHocRecipient, Message, NewNotification, StableHasher, stable_hash};
+use crate::engine::{AdHocRecipient, Message, NewNotification, NotificationPatch, StableHasher, stable_hash};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,9 +112,6 @@ fn validate(state: &AppState, body: SendBody, header_key: Option<String>) -> Res
             return Err(ApiError::invalid(format!("channels[{i}]"), format!("channel {} is listed twice", c.as_str())));
         }
     }
-    if body.send_at.is_some() || body.timezone.is_some() {
-        return Err(ApiError::invalid("send_at", "scheduled sends are not available in this version"));
-    }
     let (owner, adhoc) = match (body.user_id, body.to) {
         (Some(user_id), None) => {
             valid_id("user_id", &user_id)?;
@@ -153,7 +151,49 @@ fn validate(state: &AppState, body: SendBody, header_key: Option<String>) -> Res
     for channel in &body.channels {
         content.part(channel.as_str().as_bytes());
     }
-    let message = match (body.template, body.content) {
+    let message = message(state, body.template, body.content, &mut content)?;
+    let send_at = send_at(body.send_at.as_deref(), body.timezone.as_deref())?;
+    content
+        .part(body.send_at.as_deref().unwrap_or("").as_bytes())
+        .part(body.timezone.as_deref().unwrap_or("").as_bytes());
+    let expires_at = body
+        .expires_at
+        .map(|s| s.parse::<Timestamp>().map_err(|_| ApiError::invalid("expires_at", "expected an RFC 3339 instant")))
+        .transpose()?;
+    if expires_at.is_some_and(|e| e <= Timestamp::now()) {
+        return Err(ApiError::invalid("expires_at", "is in the past"));
+    }
+    let idempotency_key = header_key.or(body.idempotency_key);
+    if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
+        return Err(ApiError::invalid("idempotency_key", "must be 1 to 255 characters"));
+    }
+    let content_hash = content.finish();
+    let request = NewNotification {
+        owner,
+        adhoc,
+        category: body.category,
+        channels: body.channels,
+        strategy: body.strategy,
+        priority: body.priority,
+        message,
+        idempotency_key,
+        claims: Vec::new(),
+        metadata: body.metadata,
+        expires_at,
+        send_at,
+    };
+    Ok((request, content_hash))
+}
+
+/// The message of a request: a known template with its parameters, or literal content (exactly one). Both
+/// feed `content`, the identity of the request for the duplicate window.
+fn message(
+    state: &AppState,
+    template: Option<TemplateRef>,
+    body: Option<ContentBody>,
+    content: &mut StableHasher,
+) -> Result<Message, ApiError> {
+    Ok(match (template, body) {
         (Some(t), None) => {
             let template =
                 state.engine.template(&t.id).ok_or_else(|| ApiError::invalid("template.id", "unknown template"))?;
@@ -190,33 +230,16 @@ fn validate(state: &AppState, body: SendBody, header_key: Option<String>) -> Res
             Message::Content(Arc::new(Rendered { title: c.title, body: c.body, html: c.html, template_code: None }))
         }
         _ => return Err(ApiError::invalid("template", "give exactly one of template and content")),
-    };
-    let expires_at = body
-        .expires_at
-        .map(|s| s.parse::<Timestamp>().map_err(|_| ApiError::invalid("expires_at", "expected an RFC 3339 instant")))
-        .transpose()?;
-    if expires_at.is_some_and(|e| e <= Timestamp::now()) {
-        return Err(ApiError::invalid("expires_at", "is in the past"));
+    })
+}
+
+/// `send_at` and its `timezone`, parsed (the recipient's time zone and the allowed window are the shard's).
+fn send_at(send_at: Option<&str>, timezone: Option<&str>) -> Result<Option<SendAt>, ApiError> {
+    match (send_at, timezone) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(ApiError::invalid("timezone", "only applies to send_at")),
+        (Some(at), tz) => parse_send_at(at, tz).map(Some).map_err(|e| ApiError::invalid(e.field(), e.to_string())),
     }
-    let idempotency_key = header_key.or(body.idempotency_key);
-    if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
-        return Err(ApiError::invalid("idempotency_key", "must be 1 to 255 characters"));
-    }
-    let content_hash = content.finish();
-    let request = NewNotification {
-        owner,
-        adhoc,
-        category: body.category,
-        channels: body.channels,
-        strategy: body.strategy,
-        priority: body.priority,
-        message,
-        idempotency_key,
-        claims: Vec::new(),
-        metadata: body.metadata,
-        expires_at,
-    };
-    Ok((request, content_hash))
 }
 
 #[derive(Serialize)]
@@ -258,14 +281,16 @@ fn delivery_view(d: &Delivery) -> DeliveryView<'_> {
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let stored =
         state.engine.notification(&id).await.map_err(|e| state.error(e))?.ok_or(ApiError::not_found("notification"))?;
-    let n = &stored.notification;
-    let mut timeline: Vec<TimelineEntry> = stored
-        .deliveries
+    Ok(Json(notification_view(&stored.notification, &stored.deliveries)))
+}
+
+fn notification_view(n: &Notification, deliveries: &[Delivery]) -> Value {
+    let mut timeline: Vec<TimelineEntry> = deliveries
         .iter()
         .flat_map(|d| d.events.iter().map(move |event| TimelineEntry { delivery_id: &d.id, channel: d.channel, event }))
         .collect();
     timeline.sort_by_key(|e| e.event.at);
-    let view = serde_json::json!({
+    serde_json::json!({
         "id": n.id,
         "status": n.status,
         "user_id": n.user_id,
@@ -277,12 +302,42 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
         "idempotency_key": n.idempotency_key,
         "metadata": n.metadata,
         "expires_at": n.expires_at,
+        "send_at": n.send_at,
+        "reason": n.reason,
+        "sequence": n.sequence.as_ref().map(|s| serde_json::json!({"id": s.sequence_id, "step": s.step})),
         "created_at": n.created_at,
         "updated_at": n.updated_at,
-        "deliveries": stored.deliveries.iter().map(delivery_view).collect::<Vec<_>>(),
+        "deliveries": deliveries.iter().map(delivery_view).collect::<Vec<_>>(),
         "events": timeline,
-    });
-    Ok(Json(view))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchBody {
+    template: Option<TemplateRef>,
+    content: Option<ContentBody>,
+    send_at: Option<String>,
+    timezone: Option<String>,
+}
+
+/// `PATCH /v1/notifications/{id}`: a scheduled notification's message and/or `send_at`.
+pub async fn patch(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: JsonBody<PatchBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = body.value;
+    let message = match (&body.template, &body.content) {
+        (None, None) => None,
+        _ => Some(message(&state, body.template, body.content, &mut StableHasher::default())?),
+    };
+    let send_at = send_at(body.send_at.as_deref(), body.timezone.as_deref())?;
+    if message.is_none() && send_at.is_none() {
+        return Err(ApiError::invalid("send_at", "nothing to change: give send_at, template or content"));
+    }
+    let n = state.engine.patch(&id, NotificationPatch { message, send_at }).await.map_err(|e| state.error(e))?;
+    Ok(Json(notification_view(&n, &[])))
 }
 
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {

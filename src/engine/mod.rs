@@ -14,7 +14,9 @@ mod outcome;
 mod plan;
 mod report_wait;
 mod request;
+mod scheduler;
 mod shard;
+mod timers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,8 +28,10 @@ use parking_lot::RwLock;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{EngineSettings, Settings};
-use crate::domain::{Channel, Delivery, Device, NotificationStatus, Preferences, ProviderKind, Template, User};
+use crate::config::{EngineSettings, SchedulingSettings, Settings};
+use crate::domain::{
+    Channel, Delivery, Device, Notification, NotificationStatus, Preferences, ProviderKind, Template, User,
+};
 use crate::providers::{Provider, Report};
 use crate::store::{CommitCallback, Page, Store, StoreError, StoredNotification, Write};
 use crate::telemetry::Telemetry;
@@ -36,8 +40,9 @@ pub use dispatcher::{DeliveryJob, DispatcherHandle};
 pub use error::EngineError;
 pub use idempotency::{IdempotencyIndex, Reservation, StableHasher, stable_hash};
 pub use inbox_hub::{InboxHub, InboxSubscription, STREAM_BUFFER, StreamEvent};
-pub use request::{AcceptReply, AdHocRecipient, Claim, Message, NewNotification, UserUpdate};
+pub use request::{AcceptReply, AdHocRecipient, Claim, Message, NewNotification, NotificationPatch, UserUpdate};
 use shard::{Shard, ShardArgs, ShardMsg};
+pub use timers::Clock;
 
 /// What the actors share: the store, the dispatchers, counters and settings.
 pub struct EngineCtx {
@@ -45,6 +50,11 @@ pub struct EngineCtx {
     pub telemetry: Arc<Telemetry>,
     pub idempotency: Arc<IdempotencyIndex>,
     pub settings: EngineSettings,
+    pub scheduling: SchedulingSettings,
+    /// The wall clock of scheduling decisions (tests move it forward).
+    pub clock: Arc<Clock>,
+    /// Reads of the scheduled index started so far (see `scheduler.rs`).
+    sched_reads: AtomicU64,
     /// Open in-app stream connections; inbox commits are published to it (see [`EngineCtx::submit`]).
     pub inbox: Arc<InboxHub>,
     dispatchers: Vec<Option<DispatcherHandle>>,
@@ -133,6 +143,8 @@ pub struct Engine {
     templates: RwLock<HashMap<String, Arc<Template>>>,
     supervisor: ActorRef<()>,
     call_timeout: Duration,
+    /// Stops the scheduled-send loader.
+    loader: CancellationToken,
 }
 
 impl Engine {
@@ -178,6 +190,9 @@ impl Engine {
             telemetry,
             idempotency,
             settings: settings.engine.clone(),
+            scheduling: settings.scheduling.clone(),
+            clock: Arc::new(Clock::default()),
+            sched_reads: AtomicU64::new(0),
             dispatchers,
             shard_pending: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             seq: AtomicU64::new(store.max_seq().await?),
@@ -201,8 +216,10 @@ impl Engine {
             templates: RwLock::new(templates),
             supervisor,
             call_timeout: Duration::from_millis(settings.server.request_timeout_ms),
+            loader: CancellationToken::new(),
         };
         engine.restore().await?;
+        tokio::spawn(scheduler::run_loader(engine.ctx.clone(), engine.shards.clone(), engine.loader.clone()));
         Ok(Arc::new(engine))
     }
 
@@ -225,6 +242,7 @@ impl Engine {
 
     /// Stops the actors.
     pub fn stop(&self) {
+        self.loader.cancel();
         self.ctx.inbox.close();
         self.supervisor.stop_children(None);
         self.supervisor.stop(None);
@@ -366,8 +384,22 @@ impl Engine {
                 format!("notification is already {:?}", stored.notification.status).to_lowercase(),
             ));
         }
-        let owned = id.to_string();
-        self.call(&stored.notification.owner, |reply| ShardMsg::Cancel(owned, reply)).await?
+        let owner = stored.notification.owner.clone();
+        self.call(&owner, |reply| ShardMsg::Cancel(Box::new(stored), reply)).await?
+    }
+
+    /// Changes a scheduled notification's message or `send_at` (until `scheduling.patch_cutoff_s` before it is
+    /// due); returns the changed record.
+    pub async fn patch(&self, id: &str, patch: NotificationPatch) -> Result<Notification, EngineError> {
+        let stored = self.ctx.store.notification(id).await?.ok_or(EngineError::NotFound("notification"))?;
+        let owner = stored.notification.owner.clone();
+        let notification = Box::new(stored.notification);
+        self.call(&owner, |reply| ShardMsg::Patch(notification, Box::new(patch), reply)).await?
+    }
+
+    /// The clock scheduling decisions are made by; tests move it forward.
+    pub fn clock(&self) -> &Clock {
+        &self.ctx.clock
     }
 
     pub async fn dlq(

@@ -10,6 +10,8 @@ use crate::domain::{
     User,
 };
 
+use crate::domain::schedule::SendAt;
+
 use super::EngineError;
 
 /// The message of a notification: a template with parameters, or literal content.
@@ -56,8 +58,9 @@ pub struct Claim {
 }
 
 impl Claim {
-    pub fn entry(&self, notification_id: &str) -> IdempotencyEntry {
-        super::idempotency::entry(notification_id, self.body_hash, NotificationStatus::Accepted, self.expires_at)
+    /// The entry a replay of this request answers with: the notification's id and its status when accepted.
+    pub fn entry(&self, notification_id: &str, status: NotificationStatus) -> IdempotencyEntry {
+        super::idempotency::entry(notification_id, self.body_hash, status, self.expires_at)
     }
 }
 
@@ -77,6 +80,8 @@ pub struct NewNotification {
     pub claims: Vec<Claim>,
     pub metadata: Option<serde_json::Value>,
     pub expires_at: Option<Timestamp>,
+    /// A scheduled send; resolved against the recipient's time zone by the shard.
+    pub send_at: Option<SendAt>,
 }
 
 impl NewNotification {
@@ -89,27 +94,43 @@ impl NewNotification {
 
     /// Renders every channel's content for `locale`.
     pub fn render(&self, locale: Option<&str>) -> Result<Vec<(Channel, Arc<Rendered>)>, EngineError> {
-        self.channels
-            .iter()
-            .map(|&channel| {
-                let rendered = match &self.message {
-                    Message::Template { template, params } => Arc::new(
-                        template
-                            .render(channel, locale, params)
-                            .map_err(|e| EngineError::invalid(e.field(), e.to_string()))?,
-                    ),
-                    Message::Content(content) => content.clone(),
-                };
-                if channel == Channel::Alimtalk && rendered.template_code.is_none() {
-                    return Err(EngineError::invalid(
-                        "template",
-                        "alimtalk needs a template whose alimtalk body has a templatecode",
-                    ));
-                }
-                Ok((channel, rendered))
-            })
-            .collect()
+        render(&self.message, &self.channels, locale)
     }
+}
+
+/// Renders `message` for every channel in `locale`; a missing template parameter is a 422 on its field.
+pub fn render(
+    message: &Message,
+    channels: &[Channel],
+    locale: Option<&str>,
+) -> Result<Vec<(Channel, Arc<Rendered>)>, EngineError> {
+    channels
+        .iter()
+        .map(|&channel| {
+            let rendered = match message {
+                Message::Template { template, params } => Arc::new(
+                    template
+                        .render(channel, locale, params)
+                        .map_err(|e| EngineError::invalid(e.field(), e.to_string()))?,
+                ),
+                Message::Content(content) => content.clone(),
+            };
+            if channel == Channel::Alimtalk && rendered.template_code.is_none() {
+                return Err(EngineError::invalid(
+                    "template",
+                    "alimtalk needs a template whose alimtalk body has a templatecode",
+                ));
+            }
+            Ok((channel, rendered))
+        })
+        .collect()
+}
+
+/// A change to a scheduled notification (PATCH): a new message and/or a new `send_at`.
+#[derive(Clone, Debug, Default)]
+pub struct NotificationPatch {
+    pub message: Option<Message>,
+    pub send_at: Option<SendAt>,
 }
 
 /// The answer to an accepted (or replayed) notification.

@@ -51,8 +51,14 @@ impl TestApp {
     /// Stops this Herald and starts a new one on the same data directory, with `tweak` applied to fresh test
     /// settings (a restart, as after a deploy).
     pub async fn restart_with(self, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        self.restart_after(Duration::ZERO, tweak).await
+    }
+
+    /// [`TestApp::restart_with`], staying down for `downtime` first.
+    pub async fn restart_after(self, downtime: Duration, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let TestApp { running, http, dir, .. } = self;
         running.stop().await;
+        tokio::time::sleep(downtime).await;
         let mut settings = test_settings(&dir);
         tweak(&mut settings);
         // The stopped engine's actors let go of the store file a moment after `stop` returns.

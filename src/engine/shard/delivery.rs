@@ -29,10 +29,14 @@ impl ShardState {
             Err(e) => return drop(reply.send(Err(e))),
         };
         notification.seq = self.ctx.next_seq();
+        if notification.status == NotificationStatus::Scheduled {
+            return self.accept_scheduled(me, notification, adhoc_user, req.claims, reply);
+        }
         let id = notification.id.clone();
         let mut writes = Vec::with_capacity(8);
         for claim in &req.claims {
-            writes.push(Write::PutIdempotency { key: claim.key.clone(), entry: claim.entry(&id) });
+            let entry = claim.entry(&id, NotificationStatus::Accepted);
+            writes.push(Write::PutIdempotency { key: claim.key.clone(), entry });
         }
         let open = Open {
             notification,
@@ -55,7 +59,7 @@ impl ShardState {
             Box::new(move |result| match result {
                 Ok(()) => {
                     for claim in &claims {
-                        ctx.idempotency.complete(&claim.key, claim.entry(&id));
+                        ctx.idempotency.complete(&claim.key, claim.entry(&id, NotificationStatus::Accepted));
                     }
                     let _ = reply.send(Ok(AcceptReply { id, status: NotificationStatus::Accepted, duplicate: false }));
                     ctx.dispatch_all(jobs);
@@ -82,6 +86,7 @@ impl ShardState {
         };
         let user = adhoc_user.as_ref().unwrap_or_else(|| &self.users[&req.owner]);
         let contents = req.render(user.locale.as_deref())?;
+        let schedule = self.schedule_for(req, user)?;
         let notification = Notification {
             id: crate::domain::new_id(),
             seq: 0,
@@ -93,13 +98,13 @@ impl ShardState {
             priority: req.priority,
             template_id: req.template_id(),
             contents,
-            status: NotificationStatus::Dispatching,
+            status: if schedule.is_some() { NotificationStatus::Scheduled } else { NotificationStatus::Dispatching },
             current_channel: 0,
             idempotency_key: req.idempotency_key.clone(),
             metadata: req.metadata.clone(),
             expires_at: req.expires_at,
-            send_at: None,
-            reason: None,
+            send_at: schedule.as_ref().map(|(at, _)| *at),
+            reason: schedule.and_then(|(_, reason)| reason),
             sequence: None,
             created_at: now,
             updated_at: now,
@@ -119,6 +124,14 @@ impl ShardState {
         let mut jobs = Vec::new();
         let Some(open) = self.open.get_mut(id) else { return jobs };
         let now = Timestamp::now();
+        if open.notification.status == NotificationStatus::Scheduled {
+            // Nothing is planned before it is due (`fire`); only the record changes.
+            if changed {
+                open.notification.updated_at = now;
+                writes.push(Write::PutNotification(Arc::new(open.notification.clone())));
+            }
+            return jobs;
+        }
         if open.deliveries.is_empty() {
             let channels: Vec<Channel> = match open.notification.strategy {
                 crate::domain::Strategy::Parallel => open.notification.channels.clone(),
@@ -283,7 +296,17 @@ impl ShardState {
         self.ctx.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
     }
 
-    pub(super) fn cancel(&mut self, me: &ActorRef<ShardMsg>, id: &str, reply: Reply<NotificationStatus>) {
+    pub(super) fn cancel(
+        &mut self,
+        me: &ActorRef<ShardMsg>,
+        stored: StoredNotification,
+        reply: Reply<NotificationStatus>,
+    ) {
+        let id = stored.notification.id.as_str();
+        let scheduled = self.open.get(id).map_or(stored.notification.status, |o| o.notification.status);
+        if scheduled == NotificationStatus::Scheduled {
+            return self.cancel_scheduled(stored.notification, reply);
+        }
         let Some(open) = self.open.get_mut(id) else {
             return drop(reply.send(Err(EngineError::Conflict("notification is already final".into()))));
         };

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -25,10 +25,12 @@ use crate::telemetry::Outcome;
 use super::dispatcher::{DeliveryJob, QUEUED};
 use super::plan;
 use super::report_wait::ReportWaits;
-use super::request::{AcceptReply, NewNotification, UserUpdate};
+use super::request::{AcceptReply, NewNotification, NotificationPatch, UserUpdate};
+use super::timers::{TimerKey, Timers};
 use super::{EngineCtx, EngineError};
 
 mod delivery;
+mod scheduled;
 
 /// A provider's answer for one job, sent back by the dispatcher's send task.
 pub struct SendOutcome {
@@ -48,7 +50,11 @@ pub enum ShardMsg {
     Accept(Box<NewNotification>, Reply<AcceptReply>),
     Outcome(Box<SendOutcome>),
     Report(Report),
-    Cancel(NotificationId, Reply<NotificationStatus>),
+    /// Cancel what has not been handed to a provider. Carries the stored notification in case it is scheduled
+    /// and not in memory.
+    Cancel(Box<StoredNotification>, Reply<NotificationStatus>),
+    /// Change a scheduled notification (read from the store by the caller).
+    Patch(Box<Notification>, Box<NotificationPatch>, Reply<Notification>),
     /// Re-queue a dead delivery. Carries the stored notification in case it is no longer open here.
     Replay(Box<StoredNotification>, DeliveryId, Reply<()>),
     /// Open notifications read from the store at start, in acceptance order.
@@ -57,6 +63,16 @@ pub enum ShardMsg {
     Forget(NotificationId),
     /// The earliest wait for a delivery report may have run out.
     ReportWaitOver,
+    /// The scheduled-send loader is about to read the index up to this instant (see `engine/scheduler.rs`).
+    SchedWindow(Timestamp),
+    /// Scheduled notifications due in the window, from the loader's read number `.1`.
+    Arm(Vec<Notification>, u64),
+    /// The loader finished a pass whose last read was this number.
+    SchedLoaded(u64),
+    /// A scheduled notification's commit (accept or patch) landed.
+    SchedCommitted(NotificationId),
+    /// The earliest timer may be due.
+    TimersDue,
 }
 
 /// The shard actor. Its state is [`ShardState`].
@@ -86,6 +102,13 @@ pub struct ShardState {
     by_delivery: HashMap<DeliveryId, NotificationId>,
     /// Deliveries in `sent`, waiting for their report.
     report_waits: ReportWaits,
+    /// Scheduled sends due inside the loaded window, and sequence step deadlines.
+    timers: Timers,
+    /// The loader's window end: scheduled notifications due by then are kept in memory.
+    sched_until: Timestamp,
+    /// Scheduled notifications that left the scheduled state here, with the loader's read count when that
+    /// commit landed (`u64::MAX` until it lands): a loader read up to that count may still return them.
+    left_scheduled: HashMap<NotificationId, Arc<AtomicU64>>,
 }
 
 impl Actor for Shard {
@@ -100,6 +123,9 @@ impl Actor for Shard {
             open: HashMap::new(),
             by_delivery: HashMap::new(),
             report_waits: ReportWaits::new(Duration::from_millis(args.ctx.settings.report_timeout_ms)),
+            timers: Timers::default(),
+            sched_until: Timestamp::UNIX_EPOCH,
+            left_scheduled: HashMap::new(),
             ctx: args.ctx,
         })
     }
@@ -126,11 +152,17 @@ impl Actor for Shard {
             }
             ShardMsg::Outcome(outcome) => st.on_outcome(&me, *outcome),
             ShardMsg::Report(report) => st.on_report(&me, report),
-            ShardMsg::Cancel(id, reply) => st.cancel(&me, &id, reply),
+            ShardMsg::Cancel(stored, reply) => st.cancel(&me, *stored, reply),
+            ShardMsg::Patch(stored, patch, reply) => st.patch(&me, *stored, *patch, reply),
             ShardMsg::Replay(stored, delivery_id, reply) => st.replay(&me, *stored, &delivery_id, reply),
             ShardMsg::Restore(stored) => st.restore(&me, stored),
             ShardMsg::Forget(id) => st.forget(&id),
             ShardMsg::ReportWaitOver => st.on_report_wait_over(&me),
+            ShardMsg::SchedWindow(until) => st.on_sched_window(&me, until),
+            ShardMsg::Arm(notifications, read) => st.on_arm(&me, notifications, read),
+            ShardMsg::SchedLoaded(read) => st.on_sched_loaded(read),
+            ShardMsg::SchedCommitted(id) => st.on_sched_committed(&me, &id),
+            ShardMsg::TimersDue => st.on_timers_due(&me),
         }
         Ok(())
     }
@@ -236,6 +268,8 @@ impl ShardState {
     }
 
     fn forget(&mut self, id: &str) {
+        self.timers.remove(&TimerKey::Send(id.to_string()));
+        self.left_scheduled.remove(id);
         if let Some(open) = self.open.remove(id) {
             for d in &open.deliveries {
                 self.by_delivery.remove(&d.id);

@@ -1,0 +1,370 @@
+//! Scheduled sends in the shard: accepting one, keeping those due in the loaded window in timers, firing them
+//! (or deferring them past quiet hours, or failing them as expired), cancelling and patching them.
+//!
+//! A scheduled notification lives in the store's scheduled index; this shard holds it in memory (in `open`,
+//! status `scheduled`, no deliveries, one timer) only while it is due by `sched_until`, the window end the
+//! loader announced (`engine/scheduler.rs` explains why that split loses and duplicates nothing).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use ractor::ActorRef;
+
+use crate::domain::schedule::{quiet_hours_end, resolve_send_at};
+use crate::domain::{Notification, NotificationStatus, Priority, User};
+use crate::store::Write;
+
+use super::super::EngineError;
+use super::super::request::{AcceptReply, Claim, NewNotification, NotificationPatch, render};
+use super::super::timers::{TimerKey, until};
+use super::{Open, Reply, ShardMsg, ShardState};
+
+impl ShardState {
+    /// When `req` is due if it is not to be sent now: its `send_at`, or the end of the user's quiet hours for a
+    /// non-critical send, with the reason for the deferral.
+    pub(super) fn schedule_for(
+        &self,
+        req: &NewNotification,
+        user: &User,
+    ) -> Result<Option<(Timestamp, Option<String>)>, EngineError> {
+        let now = self.ctx.clock.now();
+        let settings = &self.ctx.scheduling;
+        let due = match &req.send_at {
+            Some(send_at) => {
+                let at =
+                    resolve_send_at(send_at, user.timezone.as_deref(), now, settings.min_lead_s, settings.max_lead_s)
+                        .map_err(|e| EngineError::invalid(e.field(), e.to_string()))?;
+                if req.expires_at.is_some_and(|expires| expires <= at) {
+                    return Err(EngineError::invalid("expires_at", "is not after send_at"));
+                }
+                Some((ceil_ms(at), None))
+            }
+            None => None,
+        };
+        let at = due.as_ref().map_or(now, |(at, _)| *at);
+        match quiet_end(req.priority, user, at) {
+            Some(end) => Ok(Some((end, Some("quiet_hours".into())))),
+            None => Ok(due),
+        }
+    }
+
+    pub(super) fn accept_scheduled(
+        &mut self,
+        me: &ActorRef<ShardMsg>,
+        notification: Notification,
+        adhoc_user: Option<User>,
+        claims: Vec<Claim>,
+        reply: Reply<AcceptReply>,
+    ) {
+        let id = notification.id.clone();
+        let mut writes = Vec::with_capacity(claims.len() + 1);
+        for claim in &claims {
+            let entry = claim.entry(&id, NotificationStatus::Scheduled);
+            writes.push(Write::PutIdempotency { key: claim.key.clone(), entry });
+        }
+        writes.push(Write::PutNotification(Arc::new(notification.clone())));
+        for channel in &notification.channels {
+            self.ctx.telemetry.accepted(*channel);
+        }
+        self.open.insert(id.clone(), open_scheduled(notification, adhoc_user));
+        let ctx = self.ctx.clone();
+        let shard = me.clone();
+        self.ctx.submit(
+            writes,
+            Box::new(move |result| match result {
+                Ok(()) => {
+                    for claim in &claims {
+                        ctx.idempotency.complete(&claim.key, claim.entry(&id, NotificationStatus::Scheduled));
+                    }
+                    let _ = shard.cast(ShardMsg::SchedCommitted(id.clone()));
+                    let _ = reply.send(Ok(AcceptReply { id, status: NotificationStatus::Scheduled, duplicate: false }));
+                }
+                Err(e) => {
+                    ctx.telemetry.store_error(&e);
+                    let _ = shard.cast(ShardMsg::Forget(id));
+                    let _ = reply.send(Err(e.into()));
+                }
+            }),
+        );
+    }
+
+    /// A scheduled notification's record is durable: keep it in a timer if it is due inside the loaded
+    /// window, otherwise leave it to the loader.
+    pub(super) fn on_sched_committed(&mut self, me: &ActorRef<ShardMsg>, id: &str) {
+        let Some(open) = self.open.get(id) else { return };
+        if open.notification.status != NotificationStatus::Scheduled {
+            return;
+        }
+        let due = open.notification.send_at.unwrap_or(Timestamp::UNIX_EPOCH);
+        if due <= self.sched_until {
+            self.timers.insert(TimerKey::Send(id.to_string()), due);
+            self.arm_timers(me);
+        } else {
+            self.open.remove(id);
+        }
+    }
+
+    pub(super) fn on_sched_window(&mut self, me: &ActorRef<ShardMsg>, until: Timestamp) {
+        self.sched_until = self.sched_until.max(until);
+        // The loader's tick doubles as a check of the timers against the clock, which tests move.
+        self.run_due_timers(me);
+    }
+
+    pub(super) fn on_arm(&mut self, me: &ActorRef<ShardMsg>, notifications: Vec<Notification>, _read: u64) {
+        for n in notifications {
+            if n.status != NotificationStatus::Scheduled
+                || self.open.contains_key(&n.id)
+                || self.left_scheduled.contains_key(&n.id)
+            {
+                continue;
+            }
+            let due = n.send_at.unwrap_or(Timestamp::UNIX_EPOCH);
+            let adhoc_user = n.user_id.is_none().then(|| User::new(n.owner.clone(), n.created_at));
+            self.timers.insert(TimerKey::Send(n.id.clone()), due);
+            self.open.insert(n.id.clone(), open_scheduled(n, adhoc_user));
+        }
+        self.run_due_timers(me);
+    }
+
+    /// Forgets the notifications that left the scheduled state before the reads up to `read` began: no later
+    /// read can return them.
+    pub(super) fn on_sched_loaded(&mut self, read: u64) {
+        self.left_scheduled.retain(|_, landed| landed.load(Ordering::Acquire) >= read);
+    }
+
+    pub(super) fn on_timers_due(&mut self, me: &ActorRef<ShardMsg>) {
+        self.timers.fired();
+        self.run_due_timers(me);
+    }
+
+    /// Fires every timer due by the clock, in due order, as one commit.
+    fn run_due_timers(&mut self, me: &ActorRef<ShardMsg>) {
+        let now = self.ctx.clock.now();
+        let due = self.timers.pop_due(now);
+        if !due.is_empty() {
+            let mut writes = Vec::new();
+            let mut jobs = Vec::new();
+            let mut left = Vec::new();
+            for (_, key) in due {
+                match key {
+                    TimerKey::Send(id) => self.fire(me, &id, now, &mut writes, &mut jobs, &mut left),
+                    TimerKey::Step(_) => {}
+                }
+            }
+            let ctx = self.ctx.clone();
+            let shard = me.clone();
+            self.ctx.submit(
+                writes,
+                Box::new(move |result| match result {
+                    Ok(()) => {
+                        let reads = ctx.sched_reads.load(Ordering::Acquire);
+                        for (_, landed) in &left {
+                            landed.store(reads, Ordering::Release);
+                        }
+                        ctx.dispatch_all(jobs);
+                    }
+                    Err(e) => {
+                        // Not fired after all: drop the in-memory state; the loader reads it again.
+                        ctx.telemetry.store_error(&e);
+                        for (id, _) in left {
+                            let _ = shard.cast(ShardMsg::Forget(id));
+                        }
+                    }
+                }),
+            );
+        }
+        self.arm_timers(me);
+    }
+
+    /// A scheduled notification is due: fail it if it expired, defer it past quiet hours, or plan and dispatch
+    /// its deliveries.
+    fn fire(
+        &mut self,
+        me: &ActorRef<ShardMsg>,
+        id: &str,
+        now: Timestamp,
+        writes: &mut Vec<Write>,
+        jobs: &mut Vec<super::DeliveryJob>,
+        left: &mut Vec<(String, Arc<AtomicU64>)>,
+    ) {
+        let Some(open) = self.open.get_mut(id) else { return };
+        if open.notification.status != NotificationStatus::Scheduled {
+            return;
+        }
+        let n = &mut open.notification;
+        n.updated_at = now;
+        if n.expires_at.is_some_and(|expires| expires <= now) {
+            n.status = NotificationStatus::Failed;
+            n.reason = Some("expired: expires_at passed before the send was due".into());
+            writes.push(Write::PutNotification(Arc::new(n.clone())));
+            self.open.remove(id);
+            left.push((id.to_string(), self.leave_scheduled(id)));
+            return;
+        }
+        let user = open.adhoc_user.as_ref().or_else(|| self.users.get(&open.notification.owner));
+        if let Some(end) = user.and_then(|u| quiet_end(open.notification.priority, u, now)) {
+            let n = &mut open.notification;
+            n.send_at = Some(end);
+            n.reason = Some("quiet_hours".into());
+            writes.push(Write::PutNotification(Arc::new(n.clone())));
+            if end <= self.sched_until {
+                self.timers.insert(TimerKey::Send(id.to_string()), end);
+            } else {
+                self.open.remove(id);
+            }
+            return;
+        }
+        let n = &mut open.notification;
+        n.status = NotificationStatus::Dispatching;
+        // Ordering among the recipient's sends follows when it is really sent, not when it was requested.
+        n.seq = self.ctx.next_seq();
+        open.accepted_at = Instant::now();
+        left.push((id.to_string(), self.leave_scheduled(id)));
+        jobs.extend(self.progress(me, id, true, writes));
+    }
+
+    /// Remembers that `id` left the scheduled state here, until no loader read can return it any more.
+    fn leave_scheduled(&mut self, id: &str) -> Arc<AtomicU64> {
+        let landed = Arc::new(AtomicU64::new(u64::MAX));
+        self.left_scheduled.insert(id.to_string(), landed.clone());
+        landed
+    }
+
+    /// DELETE of a scheduled notification, in memory or only in the store.
+    pub(super) fn cancel_scheduled(&mut self, mut notification: Notification, reply: Reply<NotificationStatus>) {
+        let id = notification.id.clone();
+        if let Some(open) = self.open.remove(&id) {
+            notification = open.notification;
+        }
+        self.timers.remove(&TimerKey::Send(id.clone()));
+        let now = self.ctx.clock.now();
+        notification.status = NotificationStatus::Cancelled;
+        notification.updated_at = now;
+        let landed = self.leave_scheduled(&id);
+        let ctx = self.ctx.clone();
+        self.ctx.submit(
+            vec![Write::PutNotification(Arc::new(notification))],
+            Box::new(move |result| {
+                if result.is_ok() {
+                    landed.store(ctx.sched_reads.load(Ordering::Acquire), Ordering::Release);
+                }
+                let _ = reply.send(result.map(|()| NotificationStatus::Cancelled).map_err(Into::into));
+            }),
+        );
+    }
+
+    /// PATCH: a new message and/or `send_at`, until `scheduling.patch_cutoff_s` before the send is due.
+    pub(super) fn patch(
+        &mut self,
+        me: &ActorRef<ShardMsg>,
+        stored: Notification,
+        patch: NotificationPatch,
+        reply: Reply<Notification>,
+    ) {
+        let id = stored.id.clone();
+        let mut n = self.open.get(&id).map_or(stored, |o| o.notification.clone());
+        let now = self.ctx.clock.now();
+        let settings = &self.ctx.scheduling;
+        if n.status != NotificationStatus::Scheduled {
+            let status = format!("{:?}", n.status).to_lowercase();
+            return drop(reply.send(Err(EngineError::Conflict(format!(
+                "only a scheduled notification can be changed; this one is {status}"
+            )))));
+        }
+        let cutoff = SignedDuration::from_secs(i64::try_from(settings.patch_cutoff_s).unwrap_or(i64::MAX));
+        let due = n.send_at.unwrap_or(Timestamp::UNIX_EPOCH);
+        if now.checked_add(cutoff).is_ok_and(|limit| limit >= due) {
+            return drop(reply.send(Err(EngineError::Conflict(format!(
+                "a scheduled notification can be changed until {} s before it is due",
+                settings.patch_cutoff_s
+            )))));
+        }
+        let adhoc_user = n.user_id.is_none().then(|| User::new(n.owner.clone(), n.created_at));
+        let user = adhoc_user.as_ref().or_else(|| self.users.get(&n.owner));
+        let (locale, tz) = user.map_or((None, None), |u| (u.locale.clone(), u.timezone.clone()));
+        if let Some(message) = &patch.message {
+            match render(message, &n.channels, locale.as_deref()) {
+                Ok(contents) => n.contents = contents,
+                Err(e) => return drop(reply.send(Err(e))),
+            }
+            n.template_id = match message {
+                super::super::Message::Template { template, .. } => Some(template.id.clone()),
+                super::super::Message::Content(_) => None,
+            };
+        }
+        if let Some(send_at) = &patch.send_at {
+            match resolve_send_at(send_at, tz.as_deref(), now, settings.min_lead_s, settings.max_lead_s) {
+                Ok(at) if n.expires_at.is_some_and(|expires| expires <= at) => {
+                    return drop(reply.send(Err(EngineError::invalid("send_at", "is not before expires_at"))));
+                }
+                Ok(at) => {
+                    n.send_at = Some(ceil_ms(at));
+                    n.reason = None;
+                }
+                Err(e) => return drop(reply.send(Err(EngineError::invalid(e.field(), e.to_string())))),
+            }
+        }
+        n.updated_at = now;
+        self.timers.remove(&TimerKey::Send(id.clone()));
+        match self.open.get_mut(&id) {
+            Some(open) => open.notification = n.clone(),
+            None => {
+                self.open.insert(id.clone(), open_scheduled(n.clone(), adhoc_user));
+            }
+        }
+        let shard = me.clone();
+        let record = n.clone();
+        self.ctx.submit(
+            vec![Write::PutNotification(Arc::new(record))],
+            Box::new(move |result| {
+                match &result {
+                    Ok(()) => drop(shard.cast(ShardMsg::SchedCommitted(id))),
+                    Err(_) => drop(shard.cast(ShardMsg::Forget(id))),
+                }
+                let _ = reply.send(result.map(|()| n).map_err(Into::into));
+            }),
+        );
+    }
+
+    /// Schedules the shard's wake-up for its earliest timer, unless one is already scheduled for it.
+    pub(super) fn arm_timers(&mut self, me: &ActorRef<ShardMsg>) {
+        if let Some(due) = self.timers.arm() {
+            let me = me.clone();
+            let delay = until(self.ctx.clock.now(), due);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = me.cast(ShardMsg::TimersDue);
+            });
+        }
+    }
+}
+
+/// A scheduled notification in memory: no deliveries until it fires.
+fn open_scheduled(notification: Notification, adhoc_user: Option<User>) -> Open {
+    Open {
+        notification,
+        deliveries: Vec::new(),
+        handoffs: HashMap::new(),
+        adhoc_user,
+        cancelled: false,
+        accepted_at: Instant::now(),
+    }
+}
+
+/// The end of `user`'s quiet hours if a send of `priority` at `at` falls inside them (critical sends never wait).
+fn quiet_end(priority: Priority, user: &User, at: Timestamp) -> Option<Timestamp> {
+    if priority == Priority::Critical {
+        return None;
+    }
+    let quiet = user.preferences.quiet_hours.as_ref()?;
+    quiet_hours_end(quiet, user.timezone.as_deref(), at).map(ceil_ms)
+}
+
+/// `t` rounded up to the millisecond: the index orders by milliseconds, and rounding up never fires early.
+fn ceil_ms(t: Timestamp) -> Timestamp {
+    let floor = Timestamp::from_millisecond(t.as_millisecond()).unwrap_or(t);
+    if floor < t { floor.checked_add(Duration::from_millis(1)).unwrap_or(t) } else { floor }
+}

@@ -1,0 +1,170 @@
+//! A shard's wall-clock timers: scheduled sends in the near window and sequence step deadlines.
+//!
+//! Timers are kept in a `BTreeMap` ordered by due time, so firing pops from the front and nothing scans; one
+//! tokio timer (itself a hierarchical timing wheel) is armed for the earliest entry at a time. Due times are
+//! wall-clock instants read from the engine's [`Clock`], which tests can move forward: virtual time for
+//! schedules a year ahead.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+/// What a timer is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimerKey {
+    /// A scheduled notification is due.
+    Send(String),
+    /// A sequence's running step has used up its `step_timeout`.
+    Step(String),
+}
+
+/// The engine's wall clock: the system clock plus an offset that only tests move.
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset_ms: AtomicI64,
+}
+
+impl Clock {
+    pub fn now(&self) -> Timestamp {
+        let offset = self.offset_ms.load(Ordering::Relaxed);
+        let now = Timestamp::now();
+        if offset == 0 { now } else { now.checked_add(SignedDuration::from_millis(offset)).unwrap_or(now) }
+    }
+
+    /// Moves this clock forward (virtual time for tests).
+    pub fn advance(&self, by: Duration) {
+        self.offset_ms.fetch_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// Timers by due time. A key is in the set at most once.
+#[derive(Debug, Default)]
+pub struct Timers {
+    by_due: BTreeMap<(Timestamp, TimerKey), ()>,
+    due_of: HashMap<TimerKey, Timestamp>,
+    /// The earliest due time a wake-up is already scheduled for.
+    armed: Option<Timestamp>,
+}
+
+impl Timers {
+    /// Sets (or moves) `key`'s timer.
+    pub fn insert(&mut self, key: TimerKey, due: Timestamp) {
+        if let Some(old) = self.due_of.insert(key.clone(), due) {
+            self.by_due.remove(&(old, key.clone()));
+        }
+        self.by_due.insert((due, key), ());
+    }
+
+    pub fn remove(&mut self, key: &TimerKey) {
+        if let Some(old) = self.due_of.remove(key) {
+            self.by_due.remove(&(old, key.clone()));
+        }
+    }
+
+    pub fn contains(&self, key: &TimerKey) -> bool {
+        self.due_of.contains_key(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.due_of.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.due_of.is_empty()
+    }
+
+    /// Removes and returns the timers due at or before `now`, earliest first.
+    pub fn pop_due(&mut self, now: Timestamp) -> Vec<(Timestamp, TimerKey)> {
+        let mut due = Vec::new();
+        while let Some(entry) = self.by_due.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (at, key) = entry.remove_entry().0;
+            self.due_of.remove(&key);
+            due.push((at, key));
+        }
+        due
+    }
+
+    /// The wake-up to schedule, if the earliest timer is earlier than the one already scheduled; the caller
+    /// sleeps until then and calls [`Timers::fired`] before [`Timers::pop_due`].
+    pub fn arm(&mut self) -> Option<Timestamp> {
+        let (earliest, _) = self.by_due.keys().next()?;
+        if self.armed.is_some_and(|armed| armed <= *earliest) {
+            return None;
+        }
+        self.armed = Some(*earliest);
+        self.armed
+    }
+
+    /// A scheduled wake-up happened: the next [`Timers::arm`] schedules again.
+    pub fn fired(&mut self) {
+        self.armed = None;
+    }
+}
+
+/// How long to sleep from `now` until `due` (zero if it has passed).
+pub fn until(now: Timestamp, due: Timestamp) -> Duration {
+    Duration::try_from(due.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn timers_pop_in_due_order_and_only_when_due() {
+        let mut t = Timers::default();
+        t.insert(TimerKey::Send("b".into()), at(20));
+        t.insert(TimerKey::Send("a".into()), at(10));
+        t.insert(TimerKey::Step("s".into()), at(10));
+        assert!(t.pop_due(at(9)).is_empty());
+        let due: Vec<_> = t.pop_due(at(10)).into_iter().map(|(_, k)| k).collect();
+        assert_eq!(due, [TimerKey::Send("a".into()), TimerKey::Step("s".into())]);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.pop_due(at(100)).len(), 1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn moving_or_removing_a_timer_leaves_no_stale_entry() {
+        let mut t = Timers::default();
+        let key = TimerKey::Send("n".into());
+        t.insert(key.clone(), at(10));
+        t.insert(key.clone(), at(30));
+        assert!(t.pop_due(at(20)).is_empty(), "the old due time is gone");
+        assert_eq!(t.pop_due(at(30)).len(), 1);
+        t.insert(key.clone(), at(40));
+        t.remove(&key);
+        assert!(!t.contains(&key));
+        assert!(t.pop_due(at(50)).is_empty());
+    }
+
+    #[test]
+    fn arming_happens_once_per_earliest_deadline() {
+        let mut t = Timers::default();
+        assert_eq!(t.arm(), None);
+        t.insert(TimerKey::Send("a".into()), at(10));
+        assert_eq!(t.arm(), Some(at(10)));
+        assert_eq!(t.arm(), None, "already armed for it");
+        t.insert(TimerKey::Send("b".into()), at(5));
+        assert_eq!(t.arm(), Some(at(5)), "an earlier timer re-arms");
+        t.fired();
+        assert_eq!(t.arm(), Some(at(5)));
+    }
+
+    #[test]
+    fn the_clock_moves_forward_when_told() {
+        let clock = Clock::default();
+        let before = clock.now();
+        clock.advance(Duration::from_secs(365 * 86_400));
+        assert!(clock.now().duration_since(before).as_secs() >= 365 * 86_400);
+    }
+}
