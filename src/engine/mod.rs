@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{EngineSettings, SchedulingSettings, Settings};
 use crate::domain::{
-    Channel, Delivery, Device, Notification, NotificationStatus, Preferences, ProviderKind, Template, User,
+    Channel, Delivery, Device, Notification, NotificationStatus, Preferences, ProviderKind, Sequence, Template, User,
 };
 use crate::providers::{Provider, Report};
 use crate::store::{CommitCallback, Page, Store, StoreError, StoredNotification, Write};
@@ -40,7 +40,9 @@ pub use dispatcher::{DeliveryJob, DispatcherHandle};
 pub use error::EngineError;
 pub use idempotency::{IdempotencyIndex, Reservation, StableHasher, stable_hash};
 pub use inbox_hub::{InboxHub, InboxSubscription, STREAM_BUFFER, StreamEvent};
-pub use request::{AcceptReply, AdHocRecipient, Claim, Message, NewNotification, NotificationPatch, UserUpdate};
+pub use request::{
+    AcceptReply, AdHocRecipient, Claim, Message, NewNotification, NewSequence, NewStep, NotificationPatch, UserUpdate,
+};
 use shard::{Shard, ShardArgs, ShardMsg};
 pub use timers::Clock;
 
@@ -223,8 +225,15 @@ impl Engine {
         Ok(Arc::new(engine))
     }
 
-    /// Hands every open notification back to its shard, in acceptance order.
+    /// Hands every running sequence and then every open notification back to its shard, in acceptance order.
     async fn restore(&self) -> Result<(), EngineError> {
+        let mut sequences: Vec<Vec<Sequence>> = (0..self.shards.len()).map(|_| Vec::new()).collect();
+        for sequence in self.ctx.store.open_sequences().await? {
+            sequences[shard_index(&sequence.user_id, self.shards.len())].push(sequence);
+        }
+        for (shard, sequences) in self.shards.iter().zip(sequences) {
+            let _ = shard.cast(ShardMsg::RestoreSequences(sequences));
+        }
         let mut by_shard: Vec<Vec<StoredNotification>> = (0..self.shards.len()).map(|_| Vec::new()).collect();
         let open = self.ctx.store.open_notifications().await?;
         let count = open.len();
@@ -395,6 +404,30 @@ impl Engine {
         let owner = stored.notification.owner.clone();
         let notification = Box::new(stored.notification);
         self.call(&owner, |reply| ShardMsg::Patch(notification, Box::new(patch), reply)).await?
+    }
+
+    /// Starts a sequence: its record and its first step's notification are committed before this returns.
+    pub async fn start_sequence(&self, request: NewSequence) -> Result<Sequence, EngineError> {
+        let shard = self.shard(&request.user_id);
+        let channels: Vec<Channel> = request.steps.first().map(|s| s.channels.clone()).unwrap_or_default();
+        self.admit(shard, &channels)?;
+        self.ctx.shard_pending[shard].fetch_add(1, Ordering::Relaxed);
+        self.call_shard(shard, |reply| ShardMsg::StartSequence(Box::new(request), reply)).await?
+    }
+
+    pub async fn sequence(&self, id: &str) -> Result<Option<Sequence>, EngineError> {
+        Ok(self.ctx.store.sequence(id).await?)
+    }
+
+    /// Cancels a running sequence: the running step's unsent deliveries and every later step.
+    pub async fn cancel_sequence(&self, id: &str) -> Result<Sequence, EngineError> {
+        let stored = self.ctx.store.sequence(id).await?.ok_or(EngineError::NotFound("sequence"))?;
+        if stored.status.is_final() {
+            let status = format!("{:?}", stored.status).to_lowercase();
+            return Err(EngineError::Conflict(format!("sequence is already {status}")));
+        }
+        let owned = id.to_string();
+        self.call(&stored.user_id, |reply| ShardMsg::CancelSequence(owned, reply)).await?
     }
 
     /// The clock scheduling decisions are made by; tests move it forward.

@@ -165,3 +165,23 @@ impl UserUpdate {
         set(&mut user.timezone, self.timezone);
     }
 }
+
+/// One step of a new sequence: a notification body without recipient or schedule.
+#[derive(Clone, Debug)]
+pub struct NewStep {
+    pub category: Category,
+    pub channels: Vec<Channel>,
+    pub strategy: Strategy,
+    pub priority: Priority,
+    pub message: Message,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A validated request to run steps in order for one user.
+#[derive(Clone, Debug)]
+pub struct NewSequence {
+    pub user_id: String,
+    pub steps: Vec<NewStep>,
+    pub step_timeout_ms: u64,
+    pub on_failure: crate::domain::OnFailure,
+}

@@ -166,6 +166,9 @@ impl ShardState {
             for d in &open.deliveries {
                 self.by_delivery.remove(&d.id);
             }
+            if let Some(step) = &open.notification.sequence {
+                jobs.extend(self.on_step_final(me, step, open.notification.status, writes));
+            }
         }
         jobs
     }
@@ -310,20 +313,8 @@ impl ShardState {
         let Some(open) = self.open.get_mut(id) else {
             return drop(reply.send(Err(EngineError::Conflict("notification is already final".into()))));
         };
-        let now = Timestamp::now();
-        open.cancelled = true;
         let mut writes = Vec::new();
-        for delivery in
-            open.deliveries.iter_mut().filter(|d| matches!(d.status, DeliveryStatus::Queued | DeliveryStatus::Retrying))
-        {
-            let not_handed = open
-                .handoffs
-                .get(&delivery.id)
-                .is_none_or(|h| h.compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok());
-            if not_handed && delivery.advance(DeliveryStatus::Cancelled, EventKind::Cancelled, None, now) {
-                writes.push(Write::PutDelivery(Arc::new(delivery.clone())));
-            }
-        }
+        cancel_unhanded(open, Timestamp::now(), &mut writes);
         let jobs = self.progress(me, id, true, &mut writes);
         let status = self.open.get(id).map_or(NotificationStatus::Cancelled, |o| o.notification.status);
         let ctx = self.ctx.clone();
@@ -373,5 +364,22 @@ impl ShardState {
                 let _ = reply.send(r.map_err(Into::into));
             }),
         );
+    }
+}
+
+/// Marks `open` cancelled and cancels its deliveries that no dispatcher has taken yet (those in flight finish,
+/// and their outcome or report is still recorded).
+pub(super) fn cancel_unhanded(open: &mut Open, now: Timestamp, writes: &mut Vec<Write>) {
+    open.cancelled = true;
+    for delivery in
+        open.deliveries.iter_mut().filter(|d| matches!(d.status, DeliveryStatus::Queued | DeliveryStatus::Retrying))
+    {
+        let not_handed = open
+            .handoffs
+            .get(&delivery.id)
+            .is_none_or(|h| h.compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok());
+        if not_handed && delivery.advance(DeliveryStatus::Cancelled, EventKind::Cancelled, None, now) {
+            writes.push(Write::PutDelivery(Arc::new(delivery.clone())));
+        }
     }
 }

@@ -16,7 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::domain::{
     Channel, Delivery, DeliveryId, DeliveryStatus, Device, Notification, NotificationId, NotificationStatus,
-    Preferences, User,
+    Preferences, Sequence, SequenceId, User,
 };
 use crate::providers::{Accepted, ProviderError, Report, SendRequest};
 use crate::store::{StoredNotification, Write};
@@ -25,12 +25,13 @@ use crate::telemetry::Outcome;
 use super::dispatcher::{DeliveryJob, QUEUED};
 use super::plan;
 use super::report_wait::ReportWaits;
-use super::request::{AcceptReply, NewNotification, NotificationPatch, UserUpdate};
+use super::request::{AcceptReply, NewNotification, NewSequence, NotificationPatch, UserUpdate};
 use super::timers::{TimerKey, Timers};
 use super::{EngineCtx, EngineError};
 
 mod delivery;
 mod scheduled;
+mod sequence;
 
 /// A provider's answer for one job, sent back by the dispatcher's send task.
 pub struct SendOutcome {
@@ -73,6 +74,10 @@ pub enum ShardMsg {
     SchedCommitted(NotificationId),
     /// The earliest timer may be due.
     TimersDue,
+    StartSequence(Box<NewSequence>, Reply<Sequence>),
+    CancelSequence(SequenceId, Reply<Sequence>),
+    /// Running sequences read from the store at start (before `Restore`).
+    RestoreSequences(Vec<Sequence>),
 }
 
 /// The shard actor. Its state is [`ShardState`].
@@ -109,6 +114,8 @@ pub struct ShardState {
     /// Scheduled notifications that left the scheduled state here, with the loader's read count when that
     /// commit landed (`u64::MAX` until it lands): a loader read up to that count may still return them.
     left_scheduled: HashMap<NotificationId, Arc<AtomicU64>>,
+    /// Running sequences of this shard's users.
+    sequences: HashMap<SequenceId, Sequence>,
 }
 
 impl Actor for Shard {
@@ -126,6 +133,7 @@ impl Actor for Shard {
             timers: Timers::default(),
             sched_until: Timestamp::UNIX_EPOCH,
             left_scheduled: HashMap::new(),
+            sequences: HashMap::new(),
             ctx: args.ctx,
         })
     }
@@ -163,6 +171,12 @@ impl Actor for Shard {
             ShardMsg::SchedLoaded(read) => st.on_sched_loaded(read),
             ShardMsg::SchedCommitted(id) => st.on_sched_committed(&me, &id),
             ShardMsg::TimersDue => st.on_timers_due(&me),
+            ShardMsg::StartSequence(req, reply) => {
+                st.ctx.shard_pending[st.index].fetch_sub(1, Ordering::Relaxed);
+                st.start_sequence(&me, *req, reply);
+            }
+            ShardMsg::CancelSequence(id, reply) => st.cancel_sequence(&me, &id, reply),
+            ShardMsg::RestoreSequences(sequences) => st.restore_sequences(&me, sequences),
         }
         Ok(())
     }

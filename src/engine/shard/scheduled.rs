@@ -151,7 +151,7 @@ impl ShardState {
             for (_, key) in due {
                 match key {
                     TimerKey::Send(id) => self.fire(me, &id, now, &mut writes, &mut jobs, &mut left),
-                    TimerKey::Step(_) => {}
+                    TimerKey::Step(id) => self.on_step_timeout(me, &id, &mut writes, &mut jobs),
                 }
             }
             let ctx = self.ctx.clone();
