@@ -12,12 +12,14 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::future::join_all;
 use herald::config::{DispatchLimits, Settings};
 use herald::domain::{
-    Category, Channel, Delivery, Device, IdempotencyEntry, InboxItem, Platform, Priority, ProviderKind, Rendered,
-    Strategy, Template, User,
+    Category, Channel, Delivery, Device, IdempotencyEntry, InboxItem, Notification, Platform, Priority, ProviderKind,
+    Rendered, Sequence, Strategy, Template, User,
 };
 use herald::engine::{Engine, Message, NewNotification, UserUpdate};
 use herald::providers::{Accepted, Provider, ProviderError, SendRequest};
-use herald::store::{CommitCallback, EmbeddedStore, Page, Store, StoreError, StoredNotification, Write};
+use herald::store::{
+    CommitCallback, EmbeddedStore, Page, ScheduleCursor, Store, StoreError, StoredNotification, Write,
+};
 use herald::telemetry::Telemetry;
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +72,15 @@ impl Store for NullStore {
     }
     async fn inbox(&self, _: &str, _: Option<&str>, _: usize, _: bool) -> Result<(Page<InboxItem>, u64), StoreError> {
         Ok((Page { items: vec![], next_cursor: None }, 0))
+    }
+    async fn scheduled(&self, _: Option<&ScheduleCursor>, _: i64, _: usize) -> Result<Vec<Notification>, StoreError> {
+        Ok(vec![])
+    }
+    async fn sequence(&self, _: &str) -> Result<Option<Sequence>, StoreError> {
+        Ok(None)
+    }
+    async fn open_sequences(&self) -> Result<Vec<Sequence>, StoreError> {
+        Ok(vec![])
     }
     async fn max_seq(&self) -> Result<u64, StoreError> {
         Ok(0)
@@ -129,8 +140,6 @@ impl Bench {
                 metadata: None,
                 expires_at: None,
                 send_at: None,
-                reason: None,
-                sequence: None,
             };
             self.engine.send(request, n, n)
         });

@@ -6,6 +6,7 @@ mod inbox;
 mod json;
 mod notifications;
 mod ops;
+mod sequences;
 mod stream;
 mod users;
 mod webhooks;
@@ -59,6 +60,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/notifications/{id}",
             get(notifications::get).patch(notifications::patch).delete(notifications::cancel),
         )
+        .route("/v1/sequences", post(sequences::start))
+        .route("/v1/sequences/{id}", get(sequences::get).delete(sequences::cancel))
         .route("/v1/dlq", get(ops::dlq))
         .route("/v1/dlq/{id}/replay", post(ops::replay))
         .route("/webhooks/sms", post(webhooks::sms))

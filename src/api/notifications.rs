@@ -64,7 +64,7 @@ enum DeviceToken {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TemplateRef {
+pub(super) struct TemplateRef {
     id: String,
     #[serde(default)]
     params: BTreeMap<String, Value>,
@@ -72,7 +72,7 @@ struct TemplateRef {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ContentBody {
+pub(super) struct ContentBody {
     title: Option<String>,
     body: String,
     html: Option<String>,
@@ -104,14 +104,7 @@ pub async fn send(
 
 /// Turns a request body into an engine request, or a 422 naming the field.
 fn validate(state: &AppState, body: SendBody, header_key: Option<String>) -> Result<(NewNotification, u64), ApiError> {
-    if body.channels.is_empty() {
-        return Err(ApiError::invalid("channels", "at least one channel is required"));
-    }
-    for (i, c) in body.channels.iter().enumerate() {
-        if body.channels[..i].contains(c) {
-            return Err(ApiError::invalid(format!("channels[{i}]"), format!("channel {} is listed twice", c.as_str())));
-        }
-    }
+    check_channels(&body.channels)?;
     let (owner, adhoc) = match (body.user_id, body.to) {
         (Some(user_id), None) => {
             valid_id("user_id", &user_id)?;
@@ -185,9 +178,22 @@ fn validate(state: &AppState, body: SendBody, header_key: Option<String>) -> Res
     Ok((request, content_hash))
 }
 
+/// At least one channel, none twice.
+pub(super) fn check_channels(channels: &[Channel]) -> Result<(), ApiError> {
+    if channels.is_empty() {
+        return Err(ApiError::invalid("channels", "at least one channel is required"));
+    }
+    for (i, c) in channels.iter().enumerate() {
+        if channels[..i].contains(c) {
+            return Err(ApiError::invalid(format!("channels[{i}]"), format!("channel {} is listed twice", c.as_str())));
+        }
+    }
+    Ok(())
+}
+
 /// The message of a request: a known template with its parameters, or literal content (exactly one). Both
 /// feed `content`, the identity of the request for the duplicate window.
-fn message(
+pub(super) fn message(
     state: &AppState,
     template: Option<TemplateRef>,
     body: Option<ContentBody>,
