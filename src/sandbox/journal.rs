@@ -84,6 +84,8 @@ pub struct ReportEntry {
     pub duplicate: bool,
     /// When it was posted (the answer came back) or dropped.
     pub at: jiff::Timestamp,
+    /// When the sandbox started posting it (for a dropped report, when it was dropped).
+    pub sent_at: jiff::Timestamp,
 }
 
 /// Which entries a query wants; every `None` matches all.
@@ -160,11 +162,13 @@ impl Journal {
         result: String,
         status: ReportStatus,
         duplicate: bool,
+        sent_at: jiff::Timestamp,
     ) {
         let at = jiff::Timestamp::now();
         let mut reports = self.reports.lock();
         reports.next_seq += 1;
-        let entry = ReportEntry { seq: reports.next_seq, provider, reference, result, status, duplicate, at };
+        let seq = reports.next_seq;
+        let entry = ReportEntry { seq, provider, reference, result, status, duplicate, at, sent_at };
         push_bounded(&mut reports.entries, MAX_REPORTS, entry);
     }
 
@@ -318,8 +322,22 @@ mod tests {
         assert_eq!(journal.clear_requests(), MAX_REQUESTS_PER_PROVIDER + 1);
         assert!(journal.requests(&Filter::default()).is_empty());
 
-        journal.report(ProviderKind::Twilio, Some("d1".into()), "delivered".into(), ReportStatus::Posted, false);
-        journal.report(ProviderKind::Twilio, Some("d2".into()), "delivered".into(), ReportStatus::Dropped, false);
+        journal.report(
+            ProviderKind::Twilio,
+            Some("d1".into()),
+            "delivered".into(),
+            ReportStatus::Posted,
+            false,
+            jiff::Timestamp::now(),
+        );
+        journal.report(
+            ProviderKind::Twilio,
+            Some("d2".into()),
+            "delivered".into(),
+            ReportStatus::Dropped,
+            false,
+            jiff::Timestamp::now(),
+        );
         let d2 = journal.reports(&Filter { reference: Some("d2".into()), ..Default::default() });
         assert_eq!((d2.len(), d2[0].seq, d2[0].status), (1, 2, ReportStatus::Dropped));
         assert_eq!(journal.clear_reports(), 2);

@@ -105,7 +105,8 @@ pub(crate) fn schedule(state: &Arc<SandboxState>, report: Report) {
         ReportPlan::Drop => {
             state.stats.report_dropped(provider);
             tracing::debug!(provider = provider.as_str(), "sandbox report dropped by faults");
-            state.journal.report(provider, report.reference, report.result, ReportStatus::Dropped, false);
+            let now = jiff::Timestamp::now();
+            state.journal.report(provider, report.reference, report.result, ReportStatus::Dropped, false, now);
         }
         ReportPlan::Post { first, duplicate } => {
             if let Some(delay) = duplicate {
@@ -141,6 +142,7 @@ async fn post(state: &SandboxState, report: Report, duplicate: bool) {
         Body::Form(params) => request.form(params),
         Body::Json(value) => request.json(value),
     };
+    let sent_at = jiff::Timestamp::now();
     let outcome = match request.send().await {
         Ok(response) if response.status().is_success() => Ok(()),
         Ok(response) => Err(format!("answered {}", response.status())),
@@ -152,7 +154,7 @@ async fn post(state: &SandboxState, report: Report, duplicate: bool) {
     };
     let path = report.url.path().to_string();
     // Journal first: a test that sees the counter move may read the journal at once.
-    state.journal.report(provider, report.reference, report.result, status, duplicate);
+    state.journal.report(provider, report.reference, report.result, status, duplicate, sent_at);
     match outcome {
         Ok(()) => {
             state.stats.report(provider, true);
