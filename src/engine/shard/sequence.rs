@@ -64,7 +64,7 @@ impl ShardState {
                 reason: None,
             });
         }
-        let now = Timestamp::now();
+        let now = self.ctx.clock.now();
         let sequence = Sequence {
             id: crate::domain::new_id(),
             user_id: req.user_id,
@@ -197,7 +197,7 @@ impl ShardState {
         if let Some(id) = notification_id
             && let Some(open) = self.open.get_mut(&id)
         {
-            cancel_unhanded(open, Timestamp::now(), writes);
+            cancel_unhanded(open, self.ctx.clock.now(), writes);
             jobs.extend(self.progress(me, &id, true, writes));
         }
     }
@@ -211,7 +211,7 @@ impl ShardState {
         reason: Option<String>,
         writes: &mut Vec<Write>,
     ) -> Vec<DeliveryJob> {
-        let now = Timestamp::now();
+        let now = self.ctx.clock.now();
         self.timers.remove(&TimerKey::Step(sequence_id.to_string()));
         let Some(sequence) = self.sequences.get_mut(sequence_id) else { return Vec::new() };
         let step = &mut sequence.steps[sequence.current];
@@ -244,7 +244,7 @@ impl ShardState {
         let Some(mut sequence) = self.sequences.remove(id) else {
             return drop(reply.send(Err(EngineError::Conflict("sequence is already final".into()))));
         };
-        let now = Timestamp::now();
+        let now = self.ctx.clock.now();
         self.timers.remove(&TimerKey::Step(id.to_string()));
         let mut writes = Vec::new();
         let mut jobs = Vec::new();
