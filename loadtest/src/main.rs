@@ -1,89 +1,81 @@
-//! A first, closed-loop rate measurement: N clients send push notifications as fast as Herald acknowledges
-//! them; delivered/s counts what the sandbox accepted. See README.md for what this is not yet.
+//! `herald-loadtest`: load tools that drive a running Herald over its HTTP API and read its sandbox's record.
+//!
+//! - `rate` (the default when no subcommand is given): closed-loop accepted/s and delivered/s.
+//! - `schedule`: the scheduling-accuracy benchmark (SPEC §5): lateness of scheduled sends against their due times.
+//!
+//! Code map: `rate` and `schedule/` are the subcommands; `users` creates the recipients both send to; `sandbox`
+//! follows the sandbox's record; `stats` computes exact percentiles; `rfc3339` formats and parses instants.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+mod rate;
+mod rfc3339;
+mod sandbox;
+mod schedule;
+mod stats;
+mod users;
 
-use clap::Parser;
-use serde_json::{Value, json};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-struct Args {
-    /// Herald's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    herald: String,
-    /// The sandbox's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8081")]
-    sandbox: String,
-    #[arg(long, default_value_t = 1000)]
-    users: usize,
-    #[arg(long, default_value_t = 20_000)]
-    total: u64,
-    #[arg(long, default_value_t = 64)]
-    concurrency: u64,
+#[command(
+    about = "Load tools for Herald: closed-loop rate (the default) and scheduling accuracy",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Without a subcommand, the options are `rate`'s.
+    #[command(flatten)]
+    rate: rate::Args,
 }
 
-async fn push_accepted(http: &reqwest::Client, sandbox: &str) -> u64 {
-    let stats: Value = http.get(format!("{sandbox}/_sandbox/stats")).send().await.unwrap().json().await.unwrap();
-    stats["fcm"]["accepted"].as_u64().unwrap_or(0) + stats["apns"]["accepted"].as_u64().unwrap_or(0)
+#[derive(Subcommand)]
+enum Command {
+    /// Closed-loop rate: accepted/s and delivered/s of immediate push notifications (the default).
+    Rate(rate::Args),
+    /// Scheduling accuracy: how late scheduled push notifications reach the provider.
+    Schedule(schedule::Args),
 }
+
+/// Long enough for any answer from a loaded Herald; a request that hangs past it counts as a transport error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tokio::main]
-async fn main() {
-    let args = Args::parse();
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build().unwrap();
-    let run = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
-    for u in 0..args.users {
-        let user = format!("{}/v1/users/load-{u}", args.herald);
-        http.put(&user).json(&json!({})).send().await.unwrap().error_for_status().unwrap();
-        let device = json!({"token": format!("load-token-{u}"), "platform": "android"});
-        http.post(format!("{user}/devices")).json(&device).send().await.unwrap().error_for_status().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("an HTTP client without TLS settings builds");
+    match cli.command {
+        Some(Command::Rate(args)) => rate::run(args, http).await,
+        None => rate::run(cli.rate, http).await,
+        Some(Command::Schedule(args)) => return schedule::run(args, http).await,
     }
-    let baseline = push_accepted(&http, &args.sandbox).await;
-    let next = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..args.concurrency {
-        let (http, next, refused) = (http.clone(), next.clone(), refused.clone());
-        let (url, users, total) = (format!("{}/v1/notifications", args.herald), args.users, args.total);
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let body = json!({"user_id": format!("load-{}", i as usize % users), "channels": ["push"],
-                                  "content": {"body": format!("load {run} {i}")}});
-                let status = http.post(&url).json(&body).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
-                if status != 202 {
-                    refused.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    for w in workers {
-        w.await.unwrap();
-    }
-    let accept_time = started.elapsed();
-    let accepted = args.total - refused.load(Ordering::Relaxed);
-    loop {
-        let delivered = push_accepted(&http, &args.sandbox).await - baseline;
-        if delivered >= accepted || started.elapsed() > accept_time * 10 + Duration::from_secs(30) {
-            let total_time = started.elapsed();
-            println!(
-                "sent {} | accepted {accepted} ({} refused) in {:.2}s = {:.0}/s | delivered {delivered} in {:.2}s = {:.0}/s",
-                args.total,
-                args.total - accepted,
-                accept_time.as_secs_f64(),
-                accepted as f64 / accept_time.as_secs_f64(),
-                total_time.as_secs_f64(),
-                delivered as f64 / total_time.as_secs_f64()
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    ExitCode::SUCCESS
+}
+
+/// An id that differs between runs, so message bodies (and the record's entries) of different runs differ.
+fn run_id() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_is_the_default_and_schedule_is_a_subcommand() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["herald-loadtest"], args].concat());
+        assert!(parse(&["--total", "5"]).unwrap().command.is_none());
+        assert!(matches!(parse(&["rate", "--total", "5"]).unwrap().command, Some(Command::Rate(_))));
+        assert!(matches!(parse(&["schedule", "--lead-s", "30"]).unwrap().command, Some(Command::Schedule(_))));
+        assert!(parse(&["--total", "5", "schedule"]).is_err(), "rate's options do not mix with a subcommand");
+        assert!(parse(&["rate", "--lead-s", "30"]).is_err());
     }
 }
