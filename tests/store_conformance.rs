@@ -5,6 +5,8 @@
 //! redis-server) and can open it again after the first one is dropped. No test sleeps: waits are on callbacks.
 
 mod common;
+#[path = "store_conformance/scheduling.rs"]
+mod scheduling;
 
 use std::sync::Arc;
 
@@ -93,7 +95,11 @@ macro_rules! conformance {
                 read_marking_is_idempotent_and_unread_counts_are_exact,
                 max_seq_is_the_highest_seq_put,
                 callbacks_run_in_submission_order,
-                health_is_ok_on_a_working_store
+                health_is_ok_on_a_working_store,
+                scheduled_is_in_due_then_id_order_up_to_until,
+                scheduled_pages_through_a_shared_due_time_exactly_once,
+                scheduled_notifications_leave_and_move_in_the_index_as_they_change,
+                sequences_round_trip_and_only_running_ones_are_open
             );
             conformance!(@backend $make;
                 writes_survive_close_and_reopen,
@@ -137,6 +143,7 @@ pub mod suite {
 
     use super::Backend;
     use crate::common::*;
+    pub use crate::scheduling::*;
 
     pub async fn users_and_templates_round_trip(store: Arc<dyn Store>) {
         assert!(store.users().await.unwrap().is_empty());
@@ -190,7 +197,7 @@ pub mod suite {
         store.commit(writes).await.unwrap();
         let open = store.open_notifications().await.unwrap();
         let ids: Vec<_> = open.iter().map(|s| s.notification.id.as_str()).collect();
-        assert_eq!(ids, ["n1", "n2", "n3"], "final ones are not open; seq order");
+        assert_eq!(ids, ["n1", "n2"], "final and scheduled ones are not open; seq order");
         let delivery_ids: Vec<_> = open[0].deliveries.iter().map(|d| d.id.clone()).collect();
         assert_eq!(delivery_ids, [id(1), id(2)]);
 
@@ -200,6 +207,7 @@ pub mod suite {
             .unwrap();
         let ids: Vec<_> = store.open_notifications().await.unwrap().into_iter().map(|s| s.notification.id).collect();
         assert_eq!(ids, ["n1"]);
+        assert!(store.scheduled(None, i64::MAX, 10).await.unwrap().is_empty(), "a cancelled one is not scheduled");
         let closed = store.notification("n2").await.unwrap().expect("final notifications stay readable");
         assert_eq!(closed.notification.status, NotificationStatus::Failed);
     }
@@ -389,6 +397,9 @@ pub mod suite {
             Write::PutDelivery(delivery(&id(1), "n1", Channel::Sms, DeliveryStatus::Dead)),
             Write::PutIdempotency { key: "k1".into(), entry: entry.clone() },
             Write::PutInboxItem(inbox_item("u1", &id(2))),
+            Write::PutNotification(scheduled("n2", 42, 5_000)),
+            Write::PutSequence(sequence("s1", SequenceStatus::Running)),
+            Write::PutSequence(sequence("s2", SequenceStatus::Completed)),
         ];
         let store = backend.open();
         store.commit(writes).await.unwrap();
@@ -405,7 +416,10 @@ pub mod suite {
             vec![(*delivery(&id(1), "n1", Channel::Sms, DeliveryStatus::Dead)).clone()]
         );
         assert_eq!(store.idempotency_entries(now).await.unwrap(), vec![("k1".to_string(), entry)]);
-        assert_eq!(store.max_seq().await.unwrap(), 41);
+        assert_eq!(store.max_seq().await.unwrap(), 42);
+        assert_eq!(store.scheduled(None, i64::MAX, 10).await.unwrap(), vec![(*scheduled("n2", 42, 5_000)).clone()]);
+        assert_eq!(store.open_sequences().await.unwrap(), vec![(*sequence("s1", SequenceStatus::Running)).clone()]);
+        assert_eq!(store.sequence("s2").await.unwrap(), Some((*sequence("s2", SequenceStatus::Completed)).clone()));
     }
 
     /// Deterministic: the first callback holds the backend's callback thread while 2,000 submissions queue up

@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use thiserror::Error;
 
-use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
+use crate::domain::{
+    Channel, Delivery, IdempotencyEntry, InboxItem, Notification, NotificationStatus, Sequence, Template, User,
+};
 
 mod codec;
 pub mod embedded;
@@ -95,6 +97,27 @@ impl ScheduleCursor {
     }
 }
 
+/// Which index a notification belongs in, by its status: every backend keeps exactly one of the open index (by
+/// `seq`) and the scheduled index (by due time, then id) for a notification that is not final, and neither for a
+/// final one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    Open,
+    /// Due at this many ms since the epoch ([`ScheduleCursor::of`]).
+    Scheduled(i64),
+    Final,
+}
+
+impl Placement {
+    fn of(n: &Notification) -> Self {
+        match n.status {
+            NotificationStatus::Scheduled => Placement::Scheduled(ScheduleCursor::of(n).due_ms),
+            status if status.is_final() => Placement::Final,
+            _ => Placement::Open,
+        }
+    }
+}
+
 /// The durable state of Herald. See the module docs for the durability contract.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -112,7 +135,8 @@ pub trait Store: Send + Sync + 'static {
     async fn users(&self) -> Result<Vec<User>, StoreError>;
     /// All templates.
     async fn templates(&self) -> Result<Vec<Template>, StoreError>;
-    /// Notifications whose status is not final, with all their deliveries, in acceptance (`seq`) order.
+    /// Notifications whose status is neither final nor `scheduled`, with all their deliveries, in acceptance
+    /// (`seq`) order.
     async fn open_notifications(&self) -> Result<Vec<StoredNotification>, StoreError>;
     /// One notification with its deliveries.
     async fn notification(&self, id: &str) -> Result<Option<StoredNotification>, StoreError>;

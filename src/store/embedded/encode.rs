@@ -1,5 +1,5 @@
 //! Turns [`Write`]s into [`Op`]s on the submitting thread: records become JSON bytes and every fact the writer
-//! needs for index maintenance (seq, open or final, dead or not, expiry, unread) is pulled out beforehand, so
+//! needs for index maintenance (seq, open, scheduled or final, dead or not, expiry, unread) is pulled out beforehand, so
 //! the single writer thread mostly does B-tree work (only read marks decode and rewrite an inbox item there).
 
 use jiff::Timestamp;
@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use super::tables::idempotency_value;
 use crate::domain::DeliveryStatus;
 pub use crate::store::codec::{from_json, to_json};
-use crate::store::{StoreError, Write};
+use crate::store::{Placement, StoreError, Write};
 
 /// One encoded write, ready for the writer thread.
 #[derive(Debug, PartialEq)]
@@ -20,10 +20,12 @@ pub enum Op {
         id: String,
         json: Vec<u8>,
     },
+    /// `open` and `scheduled` (the due ms) are never both set; neither is for a final notification.
     Notification {
         id: String,
         seq: u64,
         open: bool,
+        scheduled: Option<i64>,
         json: Vec<u8>,
     },
     Delivery {
@@ -54,6 +56,11 @@ pub enum Op {
         user_id: String,
         at: Timestamp,
     },
+    Sequence {
+        id: String,
+        open: bool,
+        json: Vec<u8>,
+    },
 }
 
 /// Encodes a submission. Fails only if a record cannot be serialized, which the domain types never cause.
@@ -66,7 +73,15 @@ fn encode_one(write: Write) -> Result<Op, StoreError> {
         Write::PutUser(user) => Op::User { json: to_json(&*user)?, id: user.id.clone() },
         Write::PutTemplate(template) => Op::Template { json: to_json(&*template)?, id: template.id.clone() },
         Write::PutNotification(n) => {
-            Op::Notification { json: to_json(&*n)?, id: n.id.clone(), seq: n.seq, open: !n.status.is_final() }
+            let placement = Placement::of(&n);
+            let scheduled = if let Placement::Scheduled(due_ms) = placement { Some(due_ms) } else { None };
+            Op::Notification {
+                json: to_json(&*n)?,
+                id: n.id.clone(),
+                seq: n.seq,
+                open: placement == Placement::Open,
+                scheduled,
+            }
         }
         Write::PutDelivery(d) => Op::Delivery {
             json: to_json(&*d)?,
@@ -87,6 +102,8 @@ fn encode_one(write: Write) -> Result<Op, StoreError> {
         },
         Write::MarkInboxRead { user_id, ids, at } => Op::MarkRead { user_id, ids, at },
         Write::MarkAllInboxRead { user_id, at } => Op::MarkAllRead { user_id, at },
-        Write::PutSequence(_) => todo!("sequences: store helper"),
+        Write::PutSequence(sequence) => {
+            Op::Sequence { json: to_json(&*sequence)?, id: sequence.id.clone(), open: !sequence.status.is_final() }
+        }
     })
 }

@@ -152,21 +152,24 @@ impl Store for EmbeddedStore {
         self.read(move |txn| read::inbox(txn, &user_id, cursor.as_deref(), limit, unread_only)).await
     }
 
+    /// A `limit` of 0 returns nothing.
     async fn scheduled(
         &self,
-        _after: Option<&ScheduleCursor>,
-        _until_ms: i64,
-        _limit: usize,
+        after: Option<&ScheduleCursor>,
+        until_ms: i64,
+        limit: usize,
     ) -> Result<Vec<Notification>, StoreError> {
-        todo!("scheduled index: store helper")
+        let after = after.cloned();
+        self.read(move |txn| read::scheduled(txn, after.as_ref(), until_ms, limit)).await
     }
 
-    async fn sequence(&self, _id: &str) -> Result<Option<Sequence>, StoreError> {
-        todo!("sequences: store helper")
+    async fn sequence(&self, id: &str) -> Result<Option<Sequence>, StoreError> {
+        let id = id.to_string();
+        self.read(move |txn| read::sequence(txn, &id)).await
     }
 
     async fn open_sequences(&self) -> Result<Vec<Sequence>, StoreError> {
-        todo!("sequences: store helper")
+        self.read(read::open_sequences).await
     }
 
     async fn max_seq(&self) -> Result<u64, StoreError> {

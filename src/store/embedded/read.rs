@@ -9,8 +9,8 @@ use redb::{ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction, ReadableTable}
 
 use super::encode::from_json;
 use super::tables::*;
-use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Template, User};
-use crate::store::{Page, StoreError, StoredNotification};
+use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
+use crate::store::{Page, ScheduleCursor, StoreError, StoredNotification};
 
 type Records = ReadOnlyTable<&'static str, &'static [u8]>;
 
@@ -165,6 +165,48 @@ pub fn inbox(
     })?;
     let unread_count = txn.open_table(UNREAD_COUNT).map_err(db_error)?.get(user_id).map_err(db_error)?;
     Ok((Page { items, next_cursor }, unread_count.map_or(0, |v| v.value())))
+}
+
+/// Reads the scheduled index from just after `after` while entries are due by `until_ms`.
+pub fn scheduled(
+    txn: &ReadTransaction,
+    after: Option<&ScheduleCursor>,
+    until_ms: i64,
+    limit: usize,
+) -> Result<Vec<Notification>, StoreError> {
+    let index = txn.open_table(SCHEDULED).map_err(db_error)?;
+    let notifications = txn.open_table(NOTIFICATIONS).map_err(db_error)?;
+    let start = after.map_or(Bound::Unbounded, |c| Bound::Excluded((c.due_ms, c.id.as_str())));
+    let mut result = Vec::with_capacity(limit.min(1024));
+    for entry in index.range::<(i64, &str)>((start, Bound::Unbounded)).map_err(db_error)?.take(limit) {
+        let (key, _) = entry.map_err(db_error)?;
+        let (due_ms, id) = key.value();
+        if due_ms > until_ms {
+            break;
+        }
+        let notification = record(&notifications, id, "notification")?
+            .ok_or_else(|| StoreError::Corrupt(format!("scheduled index names missing notification {id}")))?;
+        result.push(notification);
+    }
+    Ok(result)
+}
+
+pub fn sequence(txn: &ReadTransaction, id: &str) -> Result<Option<Sequence>, StoreError> {
+    record(&txn.open_table(SEQUENCES).map_err(db_error)?, id, "sequence")
+}
+
+pub fn open_sequences(txn: &ReadTransaction) -> Result<Vec<Sequence>, StoreError> {
+    let open = txn.open_table(OPEN_SEQUENCES).map_err(db_error)?;
+    let sequences = txn.open_table(SEQUENCES).map_err(db_error)?;
+    let mut result = Vec::new();
+    for entry in open.iter().map_err(db_error)? {
+        let (id, _) = entry.map_err(db_error)?;
+        let id = id.value();
+        let sequence = record(&sequences, id, "sequence")?
+            .ok_or_else(|| StoreError::Corrupt(format!("open sequence index names missing sequence {id}")))?;
+        result.push(sequence);
+    }
+    Ok(result)
 }
 
 pub fn max_seq(txn: &ReadTransaction) -> Result<u64, StoreError> {

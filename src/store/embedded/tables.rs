@@ -16,6 +16,12 @@ pub const TEMPLATES: TableDefinition<&str, &[u8]> = TableDefinition::new("templa
 pub const NOTIFICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("notifications");
 /// `seq` → notification id, for every notification whose status is not final.
 pub const OPEN_BY_SEQ: TableDefinition<u64, &str> = TableDefinition::new("open_by_seq");
+/// (due ms, notification id) of every notification whose status is `scheduled`: [`crate::store::Store::scheduled`]
+/// pages through it in (due, id) order.
+pub const SCHEDULED: TableDefinition<(i64, &str), ()> = TableDefinition::new("scheduled");
+/// Scheduled notification id → its due ms: where its [`SCHEDULED`] entry is, so a status or `send_at` change
+/// finds the old entry without decoding the old record.
+pub const SCHEDULED_DUE: TableDefinition<&str, i64> = TableDefinition::new("scheduled_due");
 /// Delivery id → `Delivery` (JSON).
 pub const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries");
 /// Notification id → its delivery ids (a multimap keeps the values sorted, so ids come back in id order).
@@ -36,6 +42,10 @@ pub const INBOX: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("in
 pub const INBOX_UNREAD: TableDefinition<(&str, &str), ()> = TableDefinition::new("inbox_unread");
 /// User id → number of unread inbox items (absent when zero).
 pub const UNREAD_COUNT: TableDefinition<&str, u64> = TableDefinition::new("unread_count");
+/// Sequence id → `Sequence` (JSON).
+pub const SEQUENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sequences");
+/// Ids of the sequences whose status is not final, in id (creation) order.
+pub const OPEN_SEQUENCES: TableDefinition<&str, ()> = TableDefinition::new("open_sequences");
 /// Small named counters: [`MAX_SEQ`].
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use jiff::{SignedDuration, Timestamp};
-use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::encode::{Op, encode};
 use super::tables::*;
@@ -127,6 +127,53 @@ fn the_open_index_keeps_a_notification_only_while_it_is_not_final() {
     commit_at(&db, vec![Write::PutNotification(notification("n1", 3, NotificationStatus::Failed))], now).unwrap();
     assert_eq!(rows(&db, OPEN_BY_SEQ), 0);
     assert_eq!(rows(&db, NOTIFICATIONS), 1);
+}
+
+#[test]
+fn a_scheduled_notification_has_one_index_entry_that_follows_its_send_at_and_status() {
+    let (_dir, db) = fresh_db();
+    let now = Timestamp::now();
+    let scheduled = |due_ms| {
+        let mut n = (*notification("n1", 3, NotificationStatus::Scheduled)).clone();
+        n.send_at = Some(Timestamp::from_millisecond(due_ms).unwrap());
+        Write::PutNotification(Arc::new(n))
+    };
+    let ops = encode(vec![scheduled(7)]).unwrap();
+    assert!(matches!(&ops[0], Op::Notification { open: false, scheduled: Some(7), .. }));
+    let due = |db: &Database| {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(SCHEDULED).unwrap();
+        let keys: Vec<i64> = table.iter().unwrap().map(|e| e.unwrap().0.value().0).collect();
+        keys
+    };
+    commit_at(&db, vec![scheduled(1_000), scheduled(1_000)], now).unwrap();
+    commit_at(&db, vec![scheduled(2_000)], now).unwrap();
+    assert_eq!((due(&db), rows(&db, SCHEDULED_DUE), rows(&db, OPEN_BY_SEQ)), (vec![2_000], 1, 0));
+    commit_at(&db, vec![Write::PutNotification(notification("n1", 3, NotificationStatus::Dispatching))], now).unwrap();
+    assert_eq!((rows(&db, SCHEDULED), rows(&db, SCHEDULED_DUE), rows(&db, OPEN_BY_SEQ)), (0, 0, 1));
+}
+
+#[test]
+fn a_sequence_is_open_only_while_running() {
+    let (_dir, db) = fresh_db();
+    let now = Timestamp::now();
+    let sequence = |status| {
+        Write::PutSequence(Arc::new(Sequence {
+            id: "s1".into(),
+            user_id: "u1".into(),
+            steps: vec![],
+            step_timeout_ms: 1_000,
+            on_failure: OnFailure::Continue,
+            status,
+            current: 0,
+            created_at: Timestamp::UNIX_EPOCH,
+            updated_at: Timestamp::UNIX_EPOCH,
+        }))
+    };
+    commit_at(&db, vec![sequence(SequenceStatus::Running)], now).unwrap();
+    assert_eq!((rows(&db, SEQUENCES), rows(&db, OPEN_SEQUENCES)), (1, 1));
+    commit_at(&db, vec![sequence(SequenceStatus::Completed)], now).unwrap();
+    assert_eq!((rows(&db, SEQUENCES), rows(&db, OPEN_SEQUENCES)), (1, 0));
 }
 
 #[test]

@@ -117,6 +117,8 @@ struct WriteTables<'txn> {
     templates: Records<'txn>,
     notifications: Records<'txn>,
     open_by_seq: Table<'txn, u64, &'static str>,
+    scheduled: Table<'txn, (i64, &'static str), ()>,
+    scheduled_due: Table<'txn, &'static str, i64>,
     deliveries: Records<'txn>,
     deliveries_by_notification: MultimapTable<'txn, &'static str, &'static str>,
     dlq: Table<'txn, &'static str, &'static str>,
@@ -126,6 +128,8 @@ struct WriteTables<'txn> {
     inbox: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     inbox_unread: PairSet<'txn>,
     unread_count: Table<'txn, &'static str, u64>,
+    sequences: Records<'txn>,
+    open_sequences: Table<'txn, &'static str, ()>,
     meta: Table<'txn, &'static str, u64>,
     max_seq: u64,
     max_seq_stored: u64,
@@ -140,6 +144,8 @@ impl<'txn> WriteTables<'txn> {
             templates: txn.open_table(TEMPLATES).map_err(db_error)?,
             notifications: txn.open_table(NOTIFICATIONS).map_err(db_error)?,
             open_by_seq: txn.open_table(OPEN_BY_SEQ).map_err(db_error)?,
+            scheduled: txn.open_table(SCHEDULED).map_err(db_error)?,
+            scheduled_due: txn.open_table(SCHEDULED_DUE).map_err(db_error)?,
             deliveries: txn.open_table(DELIVERIES).map_err(db_error)?,
             deliveries_by_notification: txn.open_multimap_table(DELIVERIES_BY_NOTIFICATION).map_err(db_error)?,
             dlq: txn.open_table(DLQ).map_err(db_error)?,
@@ -149,6 +155,8 @@ impl<'txn> WriteTables<'txn> {
             inbox: txn.open_table(INBOX).map_err(db_error)?,
             inbox_unread: txn.open_table(INBOX_UNREAD).map_err(db_error)?,
             unread_count: txn.open_table(UNREAD_COUNT).map_err(db_error)?,
+            sequences: txn.open_table(SEQUENCES).map_err(db_error)?,
+            open_sequences: txn.open_table(OPEN_SEQUENCES).map_err(db_error)?,
             meta,
             max_seq,
             max_seq_stored: max_seq,
@@ -159,7 +167,10 @@ impl<'txn> WriteTables<'txn> {
         match op {
             Op::User { id, json } => put(&mut self.users, id, json),
             Op::Template { id, json } => put(&mut self.templates, id, json),
-            Op::Notification { id, seq, open, json } => self.put_notification(id, *seq, *open, json),
+            Op::Notification { id, seq, open, scheduled, json } => {
+                self.put_notification(id, *seq, *open, json)?;
+                self.schedule(id, *scheduled)
+            }
             Op::Delivery { id, notification_id, channel, dead, json } => {
                 self.put_delivery(id, notification_id, channel, *dead, json)
             }
@@ -177,6 +188,16 @@ impl<'txn> WriteTables<'txn> {
                     .map_err(db_error)?;
                 unread.iter().try_for_each(|id| self.mark_read(user_id, id, *at))
             }
+            Op::Sequence { id, open, json } => {
+                put(&mut self.sequences, id, json)?;
+                if *open {
+                    self.open_sequences.insert(id.as_str(), ())
+                } else {
+                    self.open_sequences.remove(id.as_str())
+                }
+                .map(drop)
+                .map_err(db_error)
+            }
         }
     }
 
@@ -192,6 +213,26 @@ impl<'txn> WriteTables<'txn> {
             }
         }
         self.max_seq = self.max_seq.max(seq);
+        Ok(())
+    }
+
+    /// Keeps the notification's scheduled index entry at `due_ms`, or removes it when it is not scheduled (any
+    /// more). The old entry is found through `scheduled_due`, so a changed `send_at` moves it.
+    fn schedule(&mut self, id: &str, due_ms: Option<i64>) -> Result<(), StoreError> {
+        let old = match due_ms {
+            Some(due_ms) => self.scheduled_due.insert(id, due_ms),
+            None => self.scheduled_due.remove(id),
+        }
+        .map_err(db_error)?
+        .map(|old| old.value());
+        if let Some(old) = old
+            && Some(old) != due_ms
+        {
+            self.scheduled.remove((old, id)).map_err(db_error)?;
+        }
+        if let Some(due_ms) = due_ms {
+            self.scheduled.insert((due_ms, id), ()).map_err(db_error)?;
+        }
         Ok(())
     }
 

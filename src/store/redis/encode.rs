@@ -3,11 +3,11 @@
 
 use ::redis::Cmd;
 
-use super::keys::Keys;
+use super::keys::{Keys, scheduled_member};
 use super::scripts::{self, LuaScript};
 use crate::domain::DeliveryStatus;
 use crate::store::codec::to_json;
-use crate::store::{StoreError, Write};
+use crate::store::{Placement, StoreError, Write};
 
 /// What the encoding depends on besides the writes.
 #[derive(Clone, Debug)]
@@ -55,19 +55,26 @@ pub fn encode(layout: &Layout, writes: Vec<Write>, now_ms: i64) -> Result<Encode
             }
             Write::PutNotification(n) => {
                 let json = to_json(&*n)?;
-                let open = if n.status.is_final() { "0" } else { "1" };
-                out.script(scripts::put_notification(), 5)
+                let (placement, member) = match Placement::of(&n) {
+                    Placement::Open => ("open", String::new()),
+                    Placement::Scheduled(due_ms) => ("scheduled", scheduled_member(due_ms, &n.id)),
+                    Placement::Final => ("final", String::new()),
+                };
+                out.script(scripts::put_notification(), 7)
                     .arg(keys.notification(&n.id))
                     .arg(keys.open())
                     .arg(keys.max_seq())
                     .arg(keys.deliveries_of(&n.id))
                     .arg(keys.dlq())
+                    .arg(keys.scheduled())
+                    .arg(keys.scheduled_members())
                     .arg(&n.id)
                     .arg(n.seq)
                     .arg(json)
-                    .arg(open)
+                    .arg(placement)
                     .arg(layout.retention_s)
-                    .arg(keys.delivery_prefix());
+                    .arg(keys.delivery_prefix())
+                    .arg(member);
             }
             Write::PutDelivery(d) => {
                 let json = to_json(&*d)?;
@@ -122,7 +129,18 @@ pub fn encode(layout: &Layout, writes: Vec<Write>, now_ms: i64) -> Result<Encode
                     .arg(keys.inbox_read(&user_id))
                     .arg(to_json(&at)?);
             }
-            Write::PutSequence(_) => todo!("sequences: store helper"),
+            Write::PutSequence(sequence) => {
+                let json = to_json(&*sequence)?;
+                let key = keys.sequence(&sequence.id);
+                if sequence.status.is_final() {
+                    out.cmd("SET").arg(key).arg(json).arg("EX").arg(layout.retention_s);
+                    out.cmd("ZREM").arg(keys.open_sequences()).arg(&sequence.id);
+                } else {
+                    // A plain SET also drops an expiry left by an earlier final put.
+                    out.cmd("SET").arg(key).arg(json);
+                    out.cmd("ZADD").arg(keys.open_sequences()).arg(0).arg(&sequence.id);
+                }
+            }
         }
     }
     Ok(out)

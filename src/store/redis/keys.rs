@@ -43,6 +43,17 @@ impl Keys {
         self.key("open", "")
     }
 
+    /// Sorted set, all scores 0: a [`scheduled_member`] for every notification whose status is `scheduled`.
+    pub fn scheduled(&self) -> String {
+        self.key("scheduled", "")
+    }
+
+    /// Hash: scheduled notification id → its member in [`Keys::scheduled`], so a status or `send_at` change
+    /// finds the old member.
+    pub fn scheduled_members(&self) -> String {
+        self.key("scheduled:members", "")
+    }
+
     /// Sorted set with one member, `max`, whose score is the highest `seq` put (`ZADD GT`).
     pub fn max_seq(&self) -> String {
         self.key("max_seq", "")
@@ -71,6 +82,16 @@ impl Keys {
     /// Sorted set, all scores 0: the dead delivery ids of one channel.
     pub fn dlq_channel(&self, channel: &str) -> String {
         self.key("dlq:", channel)
+    }
+
+    /// String: `Sequence` JSON; expires `retention_s` after it became final.
+    pub fn sequence(&self, id: &str) -> String {
+        self.key("sequence:", id)
+    }
+
+    /// Sorted set, all scores 0: the ids of the sequences that are not final.
+    pub fn open_sequences(&self) -> String {
+        self.key("sequences", "")
     }
 
     /// String: `IdempotencyEntry` JSON, with a Redis expiry at the entry's `expires_at`.
@@ -102,4 +123,21 @@ impl Keys {
     pub fn inbox_read(&self, user_id: &str) -> String {
         self.key("inbox:read:", user_id)
     }
+}
+
+/// The member of a scheduled notification in [`Keys::scheduled`]: its due ms as 16 hex digits with the sign bit
+/// flipped (so byte order is numeric order, negative times included), `:`, then its id. With every score 0,
+/// `ZRANGEBYLEX` pages through it in (due, id) order however many entries share a due time.
+pub fn scheduled_member(due_ms: i64, id: &str) -> String {
+    format!("{}:{id}", sortable(due_ms))
+}
+
+/// An exclusive `ZRANGEBYLEX` upper bound above every member due at or before `until_ms` (`;` sorts right after
+/// `:`).
+pub fn scheduled_until(until_ms: i64) -> String {
+    format!("({};", sortable(until_ms))
+}
+
+fn sortable(ms: i64) -> String {
+    format!("{:016x}", (ms as u64) ^ (1 << 63))
 }

@@ -178,21 +178,23 @@ impl Store for RedisStore {
             .await
     }
 
+    /// A `limit` of 0 returns nothing.
     async fn scheduled(
         &self,
-        _after: Option<&ScheduleCursor>,
-        _until_ms: i64,
-        _limit: usize,
+        after: Option<&ScheduleCursor>,
+        until_ms: i64,
+        limit: usize,
     ) -> Result<Vec<Notification>, StoreError> {
-        todo!("scheduled index: store helper")
+        self.read("scheduled", |mut c, k| async move { read::scheduled(&mut c, k, after, until_ms, limit).await }).await
     }
 
-    async fn sequence(&self, _id: &str) -> Result<Option<Sequence>, StoreError> {
-        todo!("sequences: store helper")
+    async fn sequence(&self, id: &str) -> Result<Option<Sequence>, StoreError> {
+        self.read("sequence", |mut c, k| async move { read::sequence(&mut c, k, id).await }).await
     }
 
+    /// Not bounded by one command timeout as a whole, like `open_notifications`.
     async fn open_sequences(&self) -> Result<Vec<Sequence>, StoreError> {
-        todo!("sequences: store helper")
+        read::open_sequences(&mut self.conn.clone(), &self.layout.keys).await
     }
 
     async fn max_seq(&self) -> Result<u64, StoreError> {

@@ -8,11 +8,11 @@ use ::redis::{Cmd, FromRedisValue};
 use jiff::Timestamp;
 use serde::de::DeserializeOwned;
 
-use super::keys::Keys;
+use super::keys::{Keys, scheduled_member, scheduled_until};
 use super::unavailable;
-use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Template, User};
+use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
 use crate::store::codec::from_json;
-use crate::store::{Page, StoreError, StoredNotification};
+use crate::store::{Page, ScheduleCursor, StoreError, StoredNotification};
 
 /// Most keys fetched by one MGET or one pipeline, so recovering a large state streams in bounded replies.
 const CHUNK: usize = 512;
@@ -185,6 +185,47 @@ pub async fn inbox(
         items.push(item);
     }
     Ok((Page { items, next_cursor }, unread))
+}
+
+/// One `ZRANGEBYLEX` of the scheduled index, then the records. A record missing by the second read stopped
+/// being scheduled, became final and expired in between (a scheduled one never expires), so it is left out.
+pub async fn scheduled(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    after: Option<&ScheduleCursor>,
+    until_ms: i64,
+    limit: usize,
+) -> Result<Vec<Notification>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let min = after.map_or_else(|| "-".to_string(), |c| format!("({}", scheduled_member(c.due_ms, &c.id)));
+    let max = scheduled_until(until_ms);
+    let members: Vec<String> =
+        query(conn, ::redis::cmd("ZRANGEBYLEX").arg(keys.scheduled()).arg(min).arg(max).arg("LIMIT").arg(0).arg(limit))
+            .await?;
+    let ids = members
+        .iter()
+        .map(|m| {
+            let id = m.get(16..).and_then(|rest| rest.strip_prefix(':'));
+            id.ok_or_else(|| StoreError::Corrupt(format!("scheduled index member {m:?} is malformed")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let records = mget(conn, &ids.iter().map(|id| keys.notification(id)).collect::<Vec<_>>()).await?;
+    records.into_iter().flatten().map(|bytes| from_json("notification", &bytes)).collect()
+}
+
+pub async fn sequence(conn: &mut ConnectionManager, keys: &Keys, id: &str) -> Result<Option<Sequence>, StoreError> {
+    let bytes: Option<Bytes> = query(conn, ::redis::cmd("GET").arg(keys.sequence(id))).await?;
+    bytes.map(|b| from_json("sequence", &b)).transpose()
+}
+
+/// The open index, then the records in chunks. An open sequence never expires, so a record missing by the
+/// second read became final and expired in between; it is left out.
+pub async fn open_sequences(conn: &mut ConnectionManager, keys: &Keys) -> Result<Vec<Sequence>, StoreError> {
+    let ids: Vec<String> = query(conn, ::redis::cmd("ZRANGE").arg(keys.open_sequences()).arg(0).arg(-1)).await?;
+    let records = mget(conn, &ids.iter().map(|id| keys.sequence(id)).collect::<Vec<_>>()).await?;
+    records.into_iter().flatten().map(|bytes| from_json("sequence", &bytes)).collect()
 }
 
 pub async fn max_seq(conn: &mut ConnectionManager, keys: &Keys) -> Result<u64, StoreError> {

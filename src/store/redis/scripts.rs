@@ -32,23 +32,34 @@ impl LuaScript {
     }
 }
 
-/// KEYS: notification, open, max_seq, deliveries_of, dlq. ARGV: id, seq, json, open (1/0), retention_s,
-/// delivery key prefix.
+/// KEYS: notification, open, max_seq, deliveries_of, dlq, scheduled, scheduled_members. ARGV: id, seq, json,
+/// placement (`open`, `scheduled` or `final`), retention_s, delivery key prefix, scheduled member (empty unless
+/// scheduled).
 ///
-/// An open notification is indexed by seq and keeps itself and its deliveries forever (a replayed one comes
-/// back from final, so earlier expiries are lifted). A final one leaves the open index and, unless one of its
-/// deliveries is in the DLQ, expires with its deliveries after the retention window.
+/// A notification is in at most one of the open index (by seq) and the scheduled index (by the member, found
+/// again through `scheduled_members` when its status or `send_at` changes). One that is not final keeps itself
+/// and its deliveries forever (a replayed one comes back from final, so earlier expiries are lifted; `SET`
+/// already dropped the record's own). A final one leaves both indexes and, unless one of its deliveries is in
+/// the DLQ, expires with its deliveries after the retention window.
 const PUT_NOTIFICATION: &str = r#"
 redis.call('SET', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[3], 'GT', ARGV[2], 'max')
+local old = redis.call('HGET', KEYS[7], ARGV[1])
+if old and old ~= ARGV[7] then
+  redis.call('ZREM', KEYS[6], old)
+  redis.call('HDEL', KEYS[7], ARGV[1])
+end
+if ARGV[4] == 'scheduled' then
+  redis.call('ZADD', KEYS[6], 0, ARGV[7])
+  redis.call('HSET', KEYS[7], ARGV[1], ARGV[7])
+end
+if ARGV[4] == 'open' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) else redis.call('ZREM', KEYS[2], ARGV[1]) end
 local deliveries = redis.call('ZRANGE', KEYS[4], 0, -1)
-if ARGV[4] == '1' then
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if ARGV[4] ~= 'final' then
   redis.call('PERSIST', KEYS[4])
   for _, d in ipairs(deliveries) do redis.call('PERSIST', ARGV[6] .. d) end
   return 0
 end
-redis.call('ZREM', KEYS[2], ARGV[1])
 for _, d in ipairs(deliveries) do
   if redis.call('ZSCORE', KEYS[5], d) then return 0 end
 end

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use super::encode::{Layout, encode};
-use super::keys::Keys;
+use super::keys::{Keys, scheduled_member, scheduled_until};
 use super::scripts::SCRIPTS;
 use crate::config::{RedisSettings, Secret};
-use crate::domain::{IdempotencyEntry, NotificationStatus, User};
+use crate::domain::{IdempotencyEntry, NotificationStatus, OnFailure, Sequence, SequenceStatus, User};
 use crate::store::Write;
 
 fn layout() -> Layout {
@@ -68,4 +68,39 @@ fn every_script_has_a_distinct_bit_and_sha() {
     bits.dedup();
     assert_eq!(bits.len(), SCRIPTS.len());
     assert!(SCRIPTS.iter().all(|s| s.sha.len() == 40));
+}
+
+#[test]
+fn scheduled_members_sort_bytewise_by_due_time_then_id() {
+    let entries = [(i64::MIN, "a"), (-1, "z"), (0, "a"), (0, "b"), (1, "a"), (10_000, ""), (i64::MAX, "a")];
+    let members: Vec<_> = entries.iter().map(|(due, id)| scheduled_member(*due, id)).collect();
+    assert!(members.windows(2).all(|w| w[0] < w[1]), "{members:?}");
+    // The bound is exclusive and sits above every member due by then, below every later one.
+    let bound = scheduled_until(0);
+    let bound = bound.strip_prefix('(').unwrap();
+    assert!(scheduled_member(0, "\u{10ffff}").as_str() < bound && bound < scheduled_member(1, "").as_str());
+    assert!(scheduled_member(i64::MAX, "zz").as_str() < &scheduled_until(i64::MAX)[1..], "no overflow at the top");
+}
+
+#[test]
+fn a_final_sequence_is_set_to_expire_and_a_running_one_is_not() {
+    let put = |status| {
+        let sequence = Sequence {
+            id: "s1".into(),
+            user_id: "u1".into(),
+            steps: vec![],
+            step_timeout_ms: 1_000,
+            on_failure: OnFailure::Stop,
+            status,
+            current: 0,
+            created_at: jiff::Timestamp::UNIX_EPOCH,
+            updated_at: jiff::Timestamp::UNIX_EPOCH,
+        };
+        let encoded = encode(&layout(), vec![Write::PutSequence(Arc::new(sequence))], 0).unwrap();
+        encoded.cmds.iter().map(|c| String::from_utf8_lossy(&c.get_packed_command()).to_string()).collect::<Vec<_>>()
+    };
+    let running = put(SequenceStatus::Running);
+    assert!(!running[0].contains("\r\nEX\r\n") && running[1].contains("ZADD"), "{running:?}");
+    let done = put(SequenceStatus::Failed);
+    assert!(done[0].contains("\r\nEX\r\n$2\r\n60\r\n") && done[1].contains("ZREM"), "{done:?}");
 }
