@@ -13,6 +13,11 @@ use app::{TestApp, spawn_app, spawn_app_with};
 
 const DAY: u64 = 86_400;
 
+/// `t` to the millisecond, as `rfc3339` sends it.
+fn ms(t: Timestamp) -> Timestamp {
+    Timestamp::from_millisecond(t.as_millisecond()).unwrap()
+}
+
 fn rfc3339(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
@@ -44,7 +49,7 @@ fn bodies(app: &TestApp) -> Vec<String> {
 async fn a_send_a_year_ahead_fires_once_when_its_time_comes() {
     let app = spawn_app().await;
     app.user("u1", &[("tok-1", "android")]).await;
-    let due = Timestamp::now().checked_add(SignedDuration::from_secs((365 * DAY) as i64)).unwrap();
+    let due = ms(Timestamp::now().checked_add(SignedDuration::from_secs((365 * DAY) as i64)).unwrap());
     let (status, reply) = app.post("/v1/notifications", scheduled("u1", "a year later", due)).await;
     assert_eq!(status, 202, "{reply}");
     assert_eq!(reply["status"], "scheduled");
@@ -125,7 +130,7 @@ async fn patch_works_until_an_hour_before_and_the_patched_version_is_sent() {
     app.user("u1", &[("tok-1", "android")]).await;
     let now = Timestamp::now();
     let id = app.send(scheduled("u1", "original", now.checked_add(SignedDuration::from_hours(2)).unwrap())).await;
-    let later = now.checked_add(SignedDuration::from_hours(3)).unwrap();
+    let later = ms(now.checked_add(SignedDuration::from_hours(3)).unwrap());
     let patch = json!({"send_at": rfc3339(later), "content": {"title": "T", "body": "patched"}});
     let (status, n) = app.request(reqwest::Method::PATCH, &format!("/v1/notifications/{id}"), Some(patch)).await;
     assert_eq!(status, 200, "{n}");
