@@ -12,6 +12,7 @@ mod idempotency;
 mod inbox_hub;
 mod outcome;
 mod plan;
+mod reconcile;
 mod report_wait;
 mod request;
 mod shard;
@@ -47,6 +48,8 @@ pub struct EngineCtx {
     pub settings: EngineSettings,
     /// Open in-app stream connections; inbox commits are published to it (see [`EngineCtx::submit`]).
     pub inbox: Arc<InboxHub>,
+    /// Claims of failed accepts waiting for a reconcile with the store (`reconcile.rs`).
+    reconcile: reconcile::Reconciler,
     dispatchers: Vec<Option<DispatcherHandle>>,
     /// Accept requests sent to each shard and not yet handled (admission control).
     shard_pending: Vec<AtomicUsize>,
@@ -144,7 +147,7 @@ impl Engine {
         telemetry: Arc<Telemetry>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Engine>, EngineError> {
-        let (supervisor, _) = Actor::spawn(None, Supervisor, shutdown)
+        let (supervisor, _) = Actor::spawn(None, Supervisor, shutdown.clone())
             .await
             .map_err(|e| EngineError::Unavailable(format!("supervisor: {e}")))?;
         let mut dispatchers: Vec<Option<DispatcherHandle>> = vec![None; ProviderKind::ALL.len()];
@@ -177,6 +180,7 @@ impl Engine {
             inbox: InboxHub::new(store.clone(), telemetry.clone(), STREAM_BUFFER),
             telemetry,
             idempotency,
+            reconcile: reconcile::Reconciler::default(),
             settings: settings.engine.clone(),
             dispatchers,
             shard_pending: (0..n).map(|_| AtomicUsize::new(0)).collect(),
@@ -203,6 +207,7 @@ impl Engine {
             call_timeout: Duration::from_millis(settings.server.request_timeout_ms),
         };
         engine.restore().await?;
+        reconcile::spawn(engine.ctx.clone(), engine.shards.clone(), shutdown);
         Ok(Arc::new(engine))
     }
 
@@ -321,6 +326,10 @@ impl Engine {
             Reservation::Conflict => {
                 return Err(EngineError::Conflict("idempotency key was used with a different request body".into()));
             }
+            // The first request's commit failed; whether it landed is known after the reconcile.
+            Reservation::InProgress if self.ctx.reconcile.is_held(&key) => {
+                return Err(EngineError::Unavailable("the store is recovering; retry shortly".into()));
+            }
             Reservation::InProgress => {
                 return Err(EngineError::Conflict("a request with this idempotency key is in progress".into()));
             }
@@ -332,7 +341,7 @@ impl Engine {
         match result {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => {
-                self.ctx.idempotency.release(&key);
+                self.ctx.reconcile.release_unless_held(&self.ctx.idempotency, &key);
                 Err(e)
             }
             // Timed out: the commit may still land; its callback completes the key.

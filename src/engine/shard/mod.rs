@@ -24,6 +24,7 @@ use crate::telemetry::Outcome;
 
 use super::dispatcher::{DeliveryJob, QUEUED};
 use super::plan;
+use super::reconcile::Forgotten;
 use super::report_wait::ReportWaits;
 use super::request::{AcceptReply, NewNotification, UserUpdate};
 use super::{EngineCtx, EngineError};
@@ -55,6 +56,9 @@ pub enum ShardMsg {
     Restore(Vec<StoredNotification>),
     /// The commit of an accepted notification failed: forget it.
     Forget(NotificationId),
+    /// Open notifications read from the store by a reconcile: adopt those forgotten after a failed accept
+    /// commit whose batch landed anyway. Replies with how many were adopted.
+    Adopt(Vec<StoredNotification>, RpcReplyPort<usize>),
     /// The earliest wait for a delivery report may have run out.
     ReportWaitOver,
 }
@@ -86,6 +90,8 @@ pub struct ShardState {
     by_delivery: HashMap<DeliveryId, NotificationId>,
     /// Deliveries in `sent`, waiting for their report.
     report_waits: ReportWaits,
+    /// Notifications forgotten after a failed accept commit: the only ones a reconcile may adopt.
+    forgotten: Forgotten,
 }
 
 impl Actor for Shard {
@@ -100,6 +106,7 @@ impl Actor for Shard {
             open: HashMap::new(),
             by_delivery: HashMap::new(),
             report_waits: ReportWaits::new(Duration::from_millis(args.ctx.settings.report_timeout_ms)),
+            forgotten: Forgotten::default(),
             ctx: args.ctx,
         })
     }
@@ -129,7 +136,11 @@ impl Actor for Shard {
             ShardMsg::Cancel(id, reply) => st.cancel(&me, &id, reply),
             ShardMsg::Replay(stored, delivery_id, reply) => st.replay(&me, *stored, &delivery_id, reply),
             ShardMsg::Restore(stored) => st.restore(&me, stored),
-            ShardMsg::Forget(id) => st.forget(&id),
+            ShardMsg::Forget(id) => {
+                st.forget(&id);
+                st.forgotten.insert(id, Instant::now());
+            }
+            ShardMsg::Adopt(stored, reply) => drop(reply.send(st.adopt(&me, stored))),
             ShardMsg::ReportWaitOver => st.on_report_wait_over(&me),
         }
         Ok(())
@@ -233,6 +244,21 @@ impl ShardState {
             accepted_at: Instant::now(),
         };
         self.open.insert(open.notification.id.clone(), open);
+    }
+
+    /// Re-drives the stored notifications this shard forgot after a failed accept commit (their batch landed
+    /// after all), as [`ShardState::restore`] does at start; any other is left alone. Returns how many.
+    fn adopt(&mut self, me: &ActorRef<ShardMsg>, stored: Vec<StoredNotification>) -> usize {
+        let adopted: Vec<StoredNotification> = stored
+            .into_iter()
+            .filter(|s| !self.open.contains_key(&s.notification.id) && self.forgotten.take(&s.notification.id))
+            .collect();
+        let count = adopted.len();
+        if count > 0 {
+            tracing::info!(shard = self.index, adopted = count, "adopting notifications whose failed commit landed");
+            self.restore(me, adopted);
+        }
+        count
     }
 
     fn forget(&mut self, id: &str) {
