@@ -182,7 +182,11 @@ async fn round(ctx: &EngineCtx, shards: &[ActorRef<ShardMsg>]) {
 }
 
 /// One pass: the shards adopt the open notifications they forgot, then held claims are settled.
-async fn pass(ctx: &EngineCtx, shards: &[ActorRef<ShardMsg>], release_before: Option<Instant>) -> Result<(), StoreError> {
+async fn pass(
+    ctx: &EngineCtx,
+    shards: &[ActorRef<ShardMsg>],
+    release_before: Option<Instant>,
+) -> Result<(), StoreError> {
     let open = ctx.store.open_notifications().await?;
     let mut by_shard: Vec<Vec<StoredNotification>> = (0..shards.len()).map(|_| Vec::new()).collect();
     for stored in open {
