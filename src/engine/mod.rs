@@ -344,7 +344,7 @@ impl Engine {
                 self.ctx.reconcile.release_unless_held(&self.ctx.idempotency, &key);
                 Err(e)
             }
-            // Timed out: the commit may still land; its callback completes the key.
+            // Timed out: the commit may still land; its callback completes the key, or holds it for a reconcile.
             Err(e) => Err(e),
         }
     }

@@ -169,15 +169,18 @@ async fn round(ctx: &EngineCtx, shards: &[ActorRef<ShardMsg>]) {
             tokio::time::sleep(HEALTH_POLL).await;
         }
         let started = Instant::now();
-        if let Err(error) = pass(ctx, shards, None).await {
-            tracing::warn!(%error, "reconcile pass failed; waiting for the store again");
-            continue;
-        }
-        tokio::time::sleep(SETTLE).await;
-        match pass(ctx, shards, Some(started)).await {
+        let result = match pass(ctx, shards, None).await {
+            Ok(()) => {
+                tokio::time::sleep(SETTLE).await;
+                pass(ctx, shards, Some(started)).await
+            }
+            Err(error) => Err(error),
+        };
+        match result {
             Ok(()) => return,
             Err(error) => tracing::warn!(%error, "reconcile pass failed; waiting for the store again"),
         }
+        tokio::time::sleep(HEALTH_POLL).await;
     }
 }
 
