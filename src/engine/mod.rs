@@ -12,6 +12,7 @@ mod idempotency;
 mod inbox_hub;
 mod outcome;
 mod plan;
+mod reconcile;
 mod report_wait;
 mod request;
 mod scheduler;
@@ -20,7 +21,7 @@ mod timers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -57,8 +58,12 @@ pub struct EngineCtx {
     pub clock: Arc<Clock>,
     /// Reads of the scheduled index started so far (see `scheduler.rs`).
     sched_reads: AtomicU64,
+    /// The earliest due time (ms) the loader must read again (`i64::MAX`: none), after a failed commit.
+    sched_rewind: AtomicI64,
     /// Open in-app stream connections; inbox commits are published to it (see [`EngineCtx::submit`]).
     pub inbox: Arc<InboxHub>,
+    /// Claims of failed accepts waiting for a reconcile with the store (`reconcile.rs`).
+    reconcile: reconcile::Reconciler,
     dispatchers: Vec<Option<DispatcherHandle>>,
     /// Accept requests sent to each shard and not yet handled (admission control).
     shard_pending: Vec<AtomicUsize>,
@@ -82,6 +87,12 @@ impl EngineCtx {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit(writes, Box::new(move |result| drop(tx.send(result))));
         rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("store writer stopped".into())))
+    }
+
+    /// A commit that made or fired a scheduled notification due at `due_ms` failed: the loader reads the index
+    /// again from there, so whatever the store still holds as scheduled is armed again.
+    fn rewind_schedule(&self, due_ms: i64) {
+        self.sched_rewind.fetch_min(due_ms, Ordering::AcqRel);
     }
 
     fn dispatcher(&self, kind: ProviderKind) -> &DispatcherHandle {
@@ -158,7 +169,7 @@ impl Engine {
         telemetry: Arc<Telemetry>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Engine>, EngineError> {
-        let (supervisor, _) = Actor::spawn(None, Supervisor, shutdown)
+        let (supervisor, _) = Actor::spawn(None, Supervisor, shutdown.clone())
             .await
             .map_err(|e| EngineError::Unavailable(format!("supervisor: {e}")))?;
         let mut dispatchers: Vec<Option<DispatcherHandle>> = vec![None; ProviderKind::ALL.len()];
@@ -191,10 +202,12 @@ impl Engine {
             inbox: InboxHub::new(store.clone(), telemetry.clone(), STREAM_BUFFER),
             telemetry,
             idempotency,
+            reconcile: reconcile::Reconciler::default(),
             settings: settings.engine.clone(),
             scheduling: settings.scheduling.clone(),
             clock: Arc::new(Clock::default()),
             sched_reads: AtomicU64::new(0),
+            sched_rewind: AtomicI64::new(i64::MAX),
             dispatchers,
             shard_pending: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             seq: AtomicU64::new(store.max_seq().await?),
@@ -222,6 +235,7 @@ impl Engine {
         };
         engine.restore().await?;
         tokio::spawn(scheduler::run_loader(engine.ctx.clone(), engine.shards.clone(), engine.loader.clone()));
+        reconcile::spawn(engine.ctx.clone(), engine.shards.clone(), shutdown);
         Ok(Arc::new(engine))
     }
 
@@ -348,6 +362,10 @@ impl Engine {
             Reservation::Conflict => {
                 return Err(EngineError::Conflict("idempotency key was used with a different request body".into()));
             }
+            // The first request's commit failed; whether it landed is known after the reconcile.
+            Reservation::InProgress if self.ctx.reconcile.is_held(&key) => {
+                return Err(EngineError::Unavailable("the store is recovering; retry shortly".into()));
+            }
             Reservation::InProgress => {
                 return Err(EngineError::Conflict("a request with this idempotency key is in progress".into()));
             }
@@ -359,10 +377,10 @@ impl Engine {
         match result {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => {
-                self.ctx.idempotency.release(&key);
+                self.ctx.reconcile.release_unless_held(&self.ctx.idempotency, &key);
                 Err(e)
             }
-            // Timed out: the commit may still land; its callback completes the key.
+            // Timed out: the commit may still land; its callback completes the key, or holds it for a reconcile.
             Err(e) => Err(e),
         }
     }

@@ -13,6 +13,10 @@
 //!   notifications that left the scheduled state until every read that might still return them is over (the
 //!   read counter in [`EngineCtx`]), and drop such records.
 //!
+//! A failed commit that created or fired a scheduled notification rewinds the cursor to its due time, so a
+//! notification the store still holds as scheduled is read again (one the failed batch did change after all is
+//! re-driven by the reconcile, `reconcile.rs`).
+//!
 //! At start-up the first pass reads from the beginning of the index: everything that came due while Herald
 //! was down fires at once, oldest first within each shard.
 
@@ -36,6 +40,11 @@ pub(super) async fn run_loader(ctx: Arc<EngineCtx>, shards: Vec<ActorRef<ShardMs
     let horizon = SignedDuration::from_secs(i64::try_from(settings.horizon_s).unwrap_or(i64::MAX));
     let mut cursor: Option<ScheduleCursor> = None;
     loop {
+        let rewind = ctx.sched_rewind.swap(i64::MAX, Ordering::AcqRel);
+        if cursor.as_ref().is_some_and(|c| c.due_ms >= rewind) {
+            // Before every entry due at `rewind`: (due, "") sorts first among them.
+            cursor = Some(ScheduleCursor { due_ms: rewind, id: String::new() });
+        }
         let now = ctx.clock.now();
         let until = now.checked_add(horizon).unwrap_or(now);
         let until_ms = until.as_millisecond();

@@ -66,7 +66,9 @@ impl ShardState {
                 }
                 Err(e) => {
                     ctx.telemetry.store_error(&e);
-                    let _ = shard.cast(ShardMsg::Forget(id));
+                    // Forget before the reconcile can run, and hold the claims before the 503 is answered.
+                    let _ = shard.cast(ShardMsg::Forget(id.clone()));
+                    ctx.reconcile.accept_failed(&id, &claims);
                     let _ = reply.send(Err(e.into()));
                 }
             }),

@@ -24,6 +24,7 @@ use crate::telemetry::Outcome;
 
 use super::dispatcher::{DeliveryJob, QUEUED};
 use super::plan;
+use super::reconcile::Forgotten;
 use super::report_wait::ReportWaits;
 use super::request::{AcceptReply, NewNotification, NewSequence, NotificationPatch, UserUpdate};
 use super::timers::{TimerKey, Timers};
@@ -62,6 +63,9 @@ pub enum ShardMsg {
     Restore(Vec<StoredNotification>),
     /// The commit of an accepted notification failed: forget it.
     Forget(NotificationId),
+    /// Open notifications read from the store by a reconcile: adopt those forgotten after a failed accept
+    /// commit whose batch landed anyway. Replies with how many were adopted.
+    Adopt(Vec<StoredNotification>, RpcReplyPort<usize>),
     /// The earliest wait for a delivery report may have run out.
     ReportWaitOver,
     /// The scheduled-send loader is about to read the index up to this instant (see `engine/scheduler.rs`).
@@ -116,6 +120,8 @@ pub struct ShardState {
     left_scheduled: HashMap<NotificationId, Arc<AtomicU64>>,
     /// Running sequences of this shard's users.
     sequences: HashMap<SequenceId, Sequence>,
+    /// Notifications forgotten after a failed accept commit: the only ones a reconcile may adopt.
+    forgotten: Forgotten,
 }
 
 impl Actor for Shard {
@@ -134,6 +140,7 @@ impl Actor for Shard {
             sched_until: Timestamp::UNIX_EPOCH,
             left_scheduled: HashMap::new(),
             sequences: HashMap::new(),
+            forgotten: Forgotten::default(),
             ctx: args.ctx,
         })
     }
@@ -164,7 +171,11 @@ impl Actor for Shard {
             ShardMsg::Patch(stored, patch, reply) => st.patch(&me, *stored, *patch, reply),
             ShardMsg::Replay(stored, delivery_id, reply) => st.replay(&me, *stored, &delivery_id, reply),
             ShardMsg::Restore(stored) => st.restore(&me, stored),
-            ShardMsg::Forget(id) => st.forget(&id),
+            ShardMsg::Forget(id) => {
+                st.forget(&id);
+                st.forgotten.insert(id, Instant::now());
+            }
+            ShardMsg::Adopt(stored, reply) => drop(reply.send(st.adopt(&me, stored))),
             ShardMsg::ReportWaitOver => st.on_report_wait_over(&me),
             ShardMsg::SchedWindow(until) => st.on_sched_window(&me, until),
             ShardMsg::Arm(notifications, read) => st.on_arm(&me, notifications, read),
@@ -279,6 +290,21 @@ impl ShardState {
             accepted_at: Instant::now(),
         };
         self.open.insert(open.notification.id.clone(), open);
+    }
+
+    /// Re-drives the stored notifications this shard forgot after a failed accept commit (their batch landed
+    /// after all), as [`ShardState::restore`] does at start; any other is left alone. Returns how many.
+    fn adopt(&mut self, me: &ActorRef<ShardMsg>, stored: Vec<StoredNotification>) -> usize {
+        let adopted: Vec<StoredNotification> = stored
+            .into_iter()
+            .filter(|s| !self.open.contains_key(&s.notification.id) && self.forgotten.take(&s.notification.id))
+            .collect();
+        let count = adopted.len();
+        if count > 0 {
+            tracing::info!(shard = self.index, adopted = count, "adopting notifications whose failed commit landed");
+            self.restore(me, adopted);
+        }
+        count
     }
 
     fn forget(&mut self, id: &str) {

@@ -60,6 +60,7 @@ impl ShardState {
         reply: Reply<AcceptReply>,
     ) {
         let id = notification.id.clone();
+        let due_ms = notification.send_at.map_or(0, |t| t.as_millisecond());
         let mut writes = Vec::with_capacity(claims.len() + 1);
         for claim in &claims {
             let entry = claim.entry(&id, NotificationStatus::Scheduled);
@@ -84,7 +85,11 @@ impl ShardState {
                 }
                 Err(e) => {
                     ctx.telemetry.store_error(&e);
-                    let _ = shard.cast(ShardMsg::Forget(id));
+                    // As for an immediate send (`delivery.rs`); a batch that lands late is in the scheduled
+                    // index, which the loader reads again from this due time.
+                    let _ = shard.cast(ShardMsg::Forget(id.clone()));
+                    ctx.reconcile.accept_failed(&id, &claims);
+                    ctx.rewind_schedule(due_ms);
                     let _ = reply.send(Err(e.into()));
                 }
             }),
@@ -161,16 +166,19 @@ impl ShardState {
                 Box::new(move |result| match result {
                     Ok(()) => {
                         let reads = ctx.sched_reads.load(Ordering::Acquire);
-                        for (_, landed) in &left {
+                        for (_, _, landed) in &left {
                             landed.store(reads, Ordering::Release);
                         }
                         ctx.dispatch_all(jobs);
                     }
                     Err(e) => {
-                        // Not fired after all: drop the in-memory state; the loader reads it again.
+                        // Not fired as far as anyone knows: drop the in-memory state. The loader reads what is
+                        // still scheduled again; a batch that landed anyway is adopted by the reconcile.
                         ctx.telemetry.store_error(&e);
-                        for (id, _) in left {
-                            let _ = shard.cast(ShardMsg::Forget(id));
+                        for (id, due_ms, _) in left {
+                            let _ = shard.cast(ShardMsg::Forget(id.clone()));
+                            ctx.reconcile.accept_failed(&id, &[]);
+                            ctx.rewind_schedule(due_ms);
                         }
                     }
                 }),
@@ -188,20 +196,21 @@ impl ShardState {
         now: Timestamp,
         writes: &mut Vec<Write>,
         jobs: &mut Vec<super::DeliveryJob>,
-        left: &mut Vec<(String, Arc<AtomicU64>)>,
+        left: &mut Vec<(String, i64, Arc<AtomicU64>)>,
     ) {
         let Some(open) = self.open.get_mut(id) else { return };
         if open.notification.status != NotificationStatus::Scheduled {
             return;
         }
         let n = &mut open.notification;
+        let due_ms = n.send_at.map_or(0, |t| t.as_millisecond());
         n.updated_at = now;
         if n.expires_at.is_some_and(|expires| expires <= now) {
             n.status = NotificationStatus::Failed;
             n.reason = Some("expired: expires_at passed before the send was due".into());
             writes.push(Write::PutNotification(Arc::new(n.clone())));
             self.open.remove(id);
-            left.push((id.to_string(), self.leave_scheduled(id)));
+            left.push((id.to_string(), due_ms, self.leave_scheduled(id)));
             return;
         }
         let user = open.adhoc_user.as_ref().or_else(|| self.users.get(&open.notification.owner));
@@ -222,7 +231,7 @@ impl ShardState {
         // Ordering among the recipient's sends follows when it is really sent, not when it was requested.
         n.seq = self.ctx.next_seq();
         open.accepted_at = Instant::now();
-        left.push((id.to_string(), self.leave_scheduled(id)));
+        left.push((id.to_string(), due_ms, self.leave_scheduled(id)));
         jobs.extend(self.progress(me, id, true, writes));
     }
 
