@@ -6,6 +6,9 @@
 //! so its record survives) and end `completed`, and provider-side duplicates must stay within the in-flight
 //! cap. Each test prints a summary line with the counts and how long each phase took.
 //!
+//! A third test kills Herald while 100 sequences wait for their first step's delivery report (docs/scheduling.md,
+//! "Sequences"): after the restart the reports arrive and every sequence completes, each step sent once.
+//!
 //! `HERALD_CRASH_TOTAL` sets how many notifications the Redis test acknowledges (default 100,000).
 
 mod common;
@@ -52,11 +55,12 @@ struct SandboxPorts {
     tls: u16,
 }
 
-fn start_sandbox(ports: SandboxPorts, ca_out: &Path) -> Child {
+/// The sandbox as its own process; `report_url` is where it posts Bizppurio delivery reports (none if empty).
+fn start_sandbox(ports: SandboxPorts, ca_out: &Path, report_url: &str) -> Child {
     let listen = |port: u16| format!("127.0.0.1:{port}");
     herald()
         .args(["sandbox", "--listen", &listen(ports.http), "--smtp-listen", &listen(ports.smtp)])
-        .args(["--tls-listen", &listen(ports.tls)])
+        .args(["--tls-listen", &listen(ports.tls), "--report-url", report_url])
         .arg("--ca-out")
         .arg(ca_out)
         .spawn()
@@ -187,7 +191,7 @@ async fn crash_and_recover(store: StoreUnderTest, total: usize) {
     herald::sandbox::install_crypto_provider();
     let http = reqwest::Client::new();
 
-    let _sandbox = start_sandbox(sandbox, &ca_file);
+    let _sandbox = start_sandbox(sandbox, &ca_file, "");
     wait_healthy(&http, &format!("{sandbox_url}/_sandbox/messages")).await;
     let faults = json!({"latency_min_ms": 1, "latency_max_ms": 20});
     http.put(format!("{sandbox_url}/_sandbox/faults/fcm")).json(&faults).send().await.unwrap();
@@ -345,4 +349,121 @@ async fn every_acknowledged_notification_survives_a_kill_9_on_redis() {
     let env = vec![("HERALD__STORE__BACKEND", "redis".to_string()), ("HERALD__STORE__REDIS__URL", redis.url())];
     crash_and_recover(StoreUnderTest { name: "redis", env, drain_per_second: 1500 }, total).await;
     drop(redis);
+}
+
+/// A Bizppurio delivery report with a success RESULT for `refkey`, as the provider posts it.
+fn alimtalk_report(refkey: &str) -> Value {
+    json!({"DEVICE": "KAT", "CMSGID": format!("c-{refkey}"), "MSGID": format!("m-{refkey}"), "PHONE": "821012345678",
+           "MEDIA": "KAT", "UNIXTIME": "1700000000", "RESULT": "7000", "REFKEY": refkey, "RESEND_FLAG": "N"})
+}
+
+/// Sequences survive a kill -9 while every one of them waits for its first step's delivery report: after the
+/// restart the reports arrive (posted here, as a provider redelivers them), and every sequence runs to its end
+/// with each step sent exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_waiting_on_reports_survive_a_kill_9() {
+    const SEQUENCES: usize = 100;
+    const STEPS: usize = 3;
+    let _serial = SERIAL.lock().await;
+    let data = tempfile::TempDir::new().unwrap();
+    let sandbox = SandboxPorts { http: free_port(), smtp: free_port(), tls: free_port() };
+    let port = free_port();
+    let ca_file = data.path().join("sandbox-ca.pem");
+    let sandbox_url = format!("http://127.0.0.1:{}", sandbox.http);
+    let base = format!("http://127.0.0.1:{port}");
+    herald::sandbox::install_crypto_provider();
+    let http = reqwest::Client::new();
+
+    // Reports go to Herald's port, after a delay long enough for the kill to land before any is posted.
+    let report_url = format!("{base}/webhooks/alimtalk");
+    let _sandbox = start_sandbox(sandbox, &ca_file, &report_url);
+    wait_healthy(&http, &format!("{sandbox_url}/_sandbox/messages")).await;
+    let slow_reports = json!({"report_delay_ms": 15000});
+    http.put(format!("{sandbox_url}/_sandbox/faults/bizppurio")).json(&slow_reports).send().await.unwrap();
+
+    let store = StoreUnderTest { name: "embedded", env: Vec::new(), drain_per_second: 1000 };
+    let setup = Setup { port, data: data.path(), sandbox, ca_file: &ca_file, store: &store };
+    let mut herald_proc = start_herald(&setup);
+    wait_healthy(&http, &format!("{base}/healthz")).await;
+    let template =
+        json!({"channels": {"alimtalk": {"ko": {"body": "{{user}} step {{step}}", "templatecode": "T-SEQ"}}}});
+    assert!(http.put(format!("{base}/v1/templates/seq")).json(&template).send().await.unwrap().status().is_success());
+    let mut ids = Vec::with_capacity(SEQUENCES);
+    for u in 0..SEQUENCES {
+        let user = format!("seq-{u}");
+        let profile = json!({"phone": format!("010-3000-{u:04}")});
+        assert!(http.put(format!("{base}/v1/users/{user}")).json(&profile).send().await.unwrap().status().is_success());
+        let steps: Vec<Value> = (1..=STEPS)
+            .map(|k| json!({"channels": ["alimtalk"], "template": {"id": "seq", "params": {"user": user, "step": k}}}))
+            .collect();
+        let body = json!({"user_id": user, "steps": steps, "step_timeout": "10m"});
+        let resp = http.post(format!("{base}/v1/sequences")).json(&body).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 202);
+        ids.push(resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+
+    // Every first step is `sent` (durably: Herald answers from the store) and waits for its report.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut step_one = Vec::with_capacity(SEQUENCES);
+    for id in &ids {
+        loop {
+            let s: Value = http.get(format!("{base}/v1/sequences/{id}")).send().await.unwrap().json().await.unwrap();
+            let notification = s["steps"][0]["notification_id"].as_str().unwrap().to_string();
+            let n: Value =
+                http.get(format!("{base}/v1/notifications/{notification}")).send().await.unwrap().json().await.unwrap();
+            if n["deliveries"][0]["status"] == "sent" {
+                step_one.push(n["deliveries"][0]["id"].as_str().unwrap().to_string());
+                break;
+            }
+            assert!(Instant::now() < deadline, "step 1 never reached `sent`: {n}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    herald_proc.start_kill().unwrap();
+    herald_proc.wait().await.unwrap();
+
+    // Step 1's reports: the sandbox still posts its delayed ones (to the restarted Herald, or to nothing if it is
+    // not up yet), and they are posted here as well, as a provider redelivers; duplicates count once.
+    let quick_reports = json!({"report_delay_ms": 20});
+    http.put(format!("{sandbox_url}/_sandbox/faults/bizppurio")).json(&quick_reports).send().await.unwrap();
+    let mut herald_proc = start_herald(&setup);
+    wait_healthy(&http, &format!("{base}/healthz")).await;
+    for refkey in &step_one {
+        let resp = http.post(&report_url).json(&alimtalk_report(refkey)).send().await.unwrap();
+        assert!(resp.status().is_success(), "report for {refkey}: {}", resp.status());
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        loop {
+            let s: Value = http.get(format!("{base}/v1/sequences/{id}")).send().await.unwrap().json().await.unwrap();
+            if s["status"] != "running" {
+                assert_eq!(s["status"], "completed", "{s:#}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "sequence never completed after the restart: {s:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let messages: Vec<Value> = http
+        .get(format!("{sandbox_url}/_sandbox/messages?channel=alimtalk"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for m in &messages {
+        *counts.entry(m["body"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    let duplicates = messages.len() - counts.len();
+    println!(
+        "sequence crash summary: {SEQUENCES} sequences killed while waiting on step 1's report | after restart {} completed, {} step messages, {duplicates} duplicates",
+        ids.len(),
+        counts.len()
+    );
+    assert_eq!(counts.len(), SEQUENCES * STEPS, "every step of every sequence was sent");
+    assert_eq!(duplicates, 0, "no step was sent twice");
+    herald_proc.start_kill().unwrap();
 }
