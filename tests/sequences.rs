@@ -205,3 +205,33 @@ async fn invalid_sequences_are_422_naming_the_step_field() {
     assert_eq!(app.get("/v1/sequences/unknown").await.0, 404);
     assert!(app.sandbox().record().is_empty());
 }
+
+/// A report that arrives after its step timed out is recorded on the step's notification, and changes nothing
+/// in the sequence: no step is resent, the next one is not sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_after_the_step_timed_out_is_recorded_but_resends_nothing() {
+    let app = spawn_app_with(|s| s.sandbox.report_url = "http://127.0.0.1:9/webhooks/alimtalk".into()).await;
+    alimtalk_template(&app).await;
+    let user = kakao_user(&app, 7).await;
+    let id = start(&app, sequence(&user, "continue", "1s")).await;
+    let s = wait_sequence_final(&app, &id).await;
+    assert_eq!(step_statuses(&s), ["timed_out", "timed_out", "timed_out"], "no report ever came: {s:#}");
+    assert_eq!(app.sandbox().record().len(), STEPS);
+
+    let first = s["steps"][0]["notification_id"].as_str().unwrap().to_string();
+    let (_, n) = app.get(&format!("/v1/notifications/{first}")).await;
+    let delivery = n["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let report = json!({"DEVICE": "KAT", "CMSGID": "c", "MSGID": "m", "PHONE": "821012345678", "MEDIA": "KAT",
+                        "UNIXTIME": "1700000000", "RESULT": "7000", "REFKEY": delivery, "RESEND_FLAG": "N"});
+    assert_eq!(app.post("/webhooks/alimtalk", report).await.0, 200);
+    let n = app.wait_notification(&first, |n| n["deliveries"][0]["status"] == "delivered").await;
+    assert_eq!(n["status"], "completed", "the late report is recorded on the notification: {n:#}");
+    let (_, after) = app.get(&format!("/v1/sequences/{id}")).await;
+    assert_eq!(step_statuses(&after), step_statuses(&s), "the sequence does not change");
+    let barrier = app
+        .send(json!({"user_id": user, "channels": ["alimtalk"],
+                                  "template": {"id": "seq", "params": {"user": "barrier", "step": 0}}}))
+        .await;
+    app.wait_notification(&barrier, |n| n["deliveries"][0]["status"] == "sent").await;
+    assert_eq!(app.sandbox().record().len(), STEPS + 1, "nothing was resent, only the barrier arrived");
+}
