@@ -84,12 +84,19 @@ pub struct NewNotification {
     pub send_at: Option<SendAt>,
 }
 
-impl NewNotification {
+impl Message {
+    /// The template's id, if the message is a template.
     pub fn template_id(&self) -> Option<String> {
-        match &self.message {
+        match self {
             Message::Template { template, .. } => Some(template.id.clone()),
             Message::Content(_) => None,
         }
+    }
+}
+
+impl NewNotification {
+    pub fn template_id(&self) -> Option<String> {
+        self.message.template_id()
     }
 
     /// Renders every channel's content for `locale`.

@@ -1,7 +1,6 @@
 //! The delivery path of a shard: accepting a notification, planning its deliveries, recording provider
 //! outcomes and delivery reports, report timeouts, cancellation and DLQ replay.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -18,7 +17,7 @@ use super::super::EngineError;
 use super::super::dispatcher::{CANCELLED, DeliveryJob, QUEUED};
 use super::super::outcome::classify;
 use super::super::plan::{self, Settle};
-use super::super::request::{AcceptReply, NewNotification};
+use super::super::request::{AcceptReply, Claim, NewNotification};
 use super::{Open, Reply, SendOutcome, ShardMsg, ShardState, arm_report_wait, job_for, plan_step};
 
 impl ShardState {
@@ -34,41 +33,57 @@ impl ShardState {
         }
         let id = notification.id.clone();
         let mut writes = Vec::with_capacity(8);
-        for claim in &req.claims {
-            let entry = claim.entry(&id, NotificationStatus::Accepted);
-            writes.push(Write::PutIdempotency { key: claim.key.clone(), entry });
-        }
-        let open = Open {
-            notification,
-            deliveries: Vec::new(),
-            handoffs: HashMap::new(),
-            adhoc_user,
-            cancelled: false,
-            accepted_at: Instant::now(),
-        };
-        self.open.insert(id.clone(), open);
+        self.open.insert(id.clone(), Open::new(notification, Vec::new(), adhoc_user));
         let jobs = self.progress(me, &id, true, &mut writes);
         for channel in &req.channels {
             self.ctx.telemetry.accepted(*channel);
         }
+        self.submit_accept(me, id, writes, req.claims, AfterAccept::Dispatch(jobs), reply);
+    }
+
+    /// Commits an accepted notification with its idempotency claims. Once it lands the claims complete, the
+    /// follow-up runs and the 202 is answered; if it fails the shard forgets the notification, the claims wait
+    /// for a reconcile (`reconcile.rs`), and the caller gets the 503.
+    pub(super) fn submit_accept(
+        &self,
+        me: &ActorRef<ShardMsg>,
+        id: String,
+        mut writes: Vec<Write>,
+        claims: Vec<Claim>,
+        after: AfterAccept,
+        reply: Reply<AcceptReply>,
+    ) {
+        let status = match after {
+            AfterAccept::Dispatch(_) => NotificationStatus::Accepted,
+            AfterAccept::Scheduled { .. } => NotificationStatus::Scheduled,
+        };
+        for claim in &claims {
+            writes.push(Write::PutIdempotency { key: claim.key.clone(), entry: claim.entry(&id, status) });
+        }
         let ctx = self.ctx.clone();
         let shard = me.clone();
-        let claims = req.claims;
         self.ctx.submit(
             writes,
             Box::new(move |result| match result {
                 Ok(()) => {
                     for claim in &claims {
-                        ctx.idempotency.complete(&claim.key, claim.entry(&id, NotificationStatus::Accepted));
+                        ctx.idempotency.complete(&claim.key, claim.entry(&id, status));
                     }
-                    let _ = reply.send(Ok(AcceptReply { id, status: NotificationStatus::Accepted, duplicate: false }));
-                    ctx.dispatch_all(jobs);
+                    match after {
+                        AfterAccept::Dispatch(jobs) => ctx.dispatch_all(jobs),
+                        AfterAccept::Scheduled { .. } => drop(shard.cast(ShardMsg::SchedCommitted(id.clone()))),
+                    }
+                    let _ = reply.send(Ok(AcceptReply { id, status, duplicate: false }));
                 }
                 Err(e) => {
                     ctx.telemetry.store_error(&e);
                     // Forget before the reconcile can run, and hold the claims before the 503 is answered.
                     let _ = shard.cast(ShardMsg::Forget(id.clone()));
                     ctx.reconcile.accept_failed(&id, &claims);
+                    if let AfterAccept::Scheduled { due_ms } = after {
+                        // A batch that lands late is in the scheduled index: the loader reads it again.
+                        ctx.rewind_schedule(due_ms);
+                    }
                     let _ = reply.send(Err(e.into()));
                 }
             }),
@@ -367,6 +382,14 @@ impl ShardState {
             }),
         );
     }
+}
+
+/// What follows the commit of an accepted notification.
+pub(super) enum AfterAccept {
+    /// Hand its jobs to the dispatchers.
+    Dispatch(Vec<DeliveryJob>),
+    /// Keep it in a timer if it is due inside the loaded window (`SchedCommitted`).
+    Scheduled { due_ms: i64 },
 }
 
 /// Marks `open` cancelled and cancels its deliveries that no dispatcher has taken yet (those in flight finish,

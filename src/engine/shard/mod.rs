@@ -103,6 +103,24 @@ struct Open {
     accepted_at: Instant,
 }
 
+impl Open {
+    fn new(notification: Notification, deliveries: Vec<Delivery>, adhoc_user: Option<User>) -> Open {
+        Open {
+            notification,
+            deliveries,
+            handoffs: HashMap::new(),
+            adhoc_user,
+            cancelled: false,
+            accepted_at: Instant::now(),
+        }
+    }
+}
+
+/// The user a stored ad-hoc notification plans with: only its owner key survives a restart, not the addresses.
+fn stored_adhoc_user(n: &Notification) -> Option<User> {
+    n.user_id.is_none().then(|| User::new(n.owner.clone(), n.created_at))
+}
+
 pub struct ShardState {
     ctx: Arc<EngineCtx>,
     index: usize,
@@ -279,17 +297,8 @@ impl ShardState {
         for d in &deliveries {
             self.by_delivery.insert(d.id.clone(), notification.id.clone());
         }
-        let adhoc_user =
-            notification.user_id.is_none().then(|| User::new(notification.owner.clone(), notification.created_at));
-        let open = Open {
-            notification,
-            deliveries,
-            handoffs: HashMap::new(),
-            adhoc_user,
-            cancelled: false,
-            accepted_at: Instant::now(),
-        };
-        self.open.insert(open.notification.id.clone(), open);
+        let adhoc_user = stored_adhoc_user(&notification);
+        self.open.insert(notification.id.clone(), Open::new(notification, deliveries, adhoc_user));
     }
 
     /// Re-drives the stored notifications this shard forgot after a failed accept commit (their batch landed

@@ -5,7 +5,6 @@
 //! status `scheduled`, no deliveries, one timer) only while it is due by `sched_until`, the window end the
 //! loader announced (`engine/scheduler.rs` explains why that split loses and duplicates nothing).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,7 +19,8 @@ use crate::store::Write;
 use super::super::EngineError;
 use super::super::request::{AcceptReply, Claim, NewNotification, NotificationPatch, render};
 use super::super::timers::{TimerKey, until};
-use super::{Open, Reply, ShardMsg, ShardState};
+use super::delivery::AfterAccept;
+use super::{Open, Reply, ShardMsg, ShardState, stored_adhoc_user};
 
 impl ShardState {
     /// When `req` is due if it is not to be sent now: its `send_at`, or the end of the user's quiet hours for a
@@ -62,38 +62,12 @@ impl ShardState {
         let id = notification.id.clone();
         let due_ms = notification.send_at.map_or(0, |t| t.as_millisecond());
         let mut writes = Vec::with_capacity(claims.len() + 1);
-        for claim in &claims {
-            let entry = claim.entry(&id, NotificationStatus::Scheduled);
-            writes.push(Write::PutIdempotency { key: claim.key.clone(), entry });
-        }
         writes.push(Write::PutNotification(Arc::new(notification.clone())));
         for channel in &notification.channels {
             self.ctx.telemetry.accepted(*channel);
         }
-        self.open.insert(id.clone(), open_scheduled(notification, adhoc_user));
-        let ctx = self.ctx.clone();
-        let shard = me.clone();
-        self.ctx.submit(
-            writes,
-            Box::new(move |result| match result {
-                Ok(()) => {
-                    for claim in &claims {
-                        ctx.idempotency.complete(&claim.key, claim.entry(&id, NotificationStatus::Scheduled));
-                    }
-                    let _ = shard.cast(ShardMsg::SchedCommitted(id.clone()));
-                    let _ = reply.send(Ok(AcceptReply { id, status: NotificationStatus::Scheduled, duplicate: false }));
-                }
-                Err(e) => {
-                    ctx.telemetry.store_error(&e);
-                    // As for an immediate send (`delivery.rs`); a batch that lands late is in the scheduled
-                    // index, which the loader reads again from this due time.
-                    let _ = shard.cast(ShardMsg::Forget(id.clone()));
-                    ctx.reconcile.accept_failed(&id, &claims);
-                    ctx.rewind_schedule(due_ms);
-                    let _ = reply.send(Err(e.into()));
-                }
-            }),
-        );
+        self.open.insert(id.clone(), Open::new(notification, Vec::new(), adhoc_user));
+        self.submit_accept(me, id, writes, claims, AfterAccept::Scheduled { due_ms }, reply);
     }
 
     /// A scheduled notification's record is durable: keep it in a timer if it is due inside the loaded
@@ -127,9 +101,9 @@ impl ShardState {
                 continue;
             }
             let due = n.send_at.unwrap_or(Timestamp::UNIX_EPOCH);
-            let adhoc_user = n.user_id.is_none().then(|| User::new(n.owner.clone(), n.created_at));
+            let adhoc_user = stored_adhoc_user(&n);
             self.timers.insert(TimerKey::Send(n.id.clone()), due);
-            self.open.insert(n.id.clone(), open_scheduled(n, adhoc_user));
+            self.open.insert(n.id.clone(), Open::new(n, Vec::new(), adhoc_user));
         }
         self.run_due_timers(me);
     }
@@ -291,7 +265,7 @@ impl ShardState {
                 settings.patch_cutoff_s
             )))));
         }
-        let adhoc_user = n.user_id.is_none().then(|| User::new(n.owner.clone(), n.created_at));
+        let adhoc_user = stored_adhoc_user(&n);
         let user = adhoc_user.as_ref().or_else(|| self.users.get(&n.owner));
         let (locale, tz) = user.map_or((None, None), |u| (u.locale.clone(), u.timezone.clone()));
         if let Some(message) = &patch.message {
@@ -299,10 +273,7 @@ impl ShardState {
                 Ok(contents) => n.contents = contents,
                 Err(e) => return drop(reply.send(Err(e))),
             }
-            n.template_id = match message {
-                super::super::Message::Template { template, .. } => Some(template.id.clone()),
-                super::super::Message::Content(_) => None,
-            };
+            n.template_id = message.template_id();
         }
         if let Some(send_at) = &patch.send_at {
             match resolve_send_at(send_at, tz.as_deref(), now, settings.min_lead_s, settings.max_lead_s) {
@@ -321,7 +292,7 @@ impl ShardState {
         match self.open.get_mut(&id) {
             Some(open) => open.notification = n.clone(),
             None => {
-                self.open.insert(id.clone(), open_scheduled(n.clone(), adhoc_user));
+                self.open.insert(id.clone(), Open::new(n.clone(), Vec::new(), adhoc_user));
             }
         }
         let shard = me.clone();
@@ -348,18 +319,6 @@ impl ShardState {
                 let _ = me.cast(ShardMsg::TimersDue);
             });
         }
-    }
-}
-
-/// A scheduled notification in memory: no deliveries until it fires.
-fn open_scheduled(notification: Notification, adhoc_user: Option<User>) -> Open {
-    Open {
-        notification,
-        deliveries: Vec::new(),
-        handoffs: HashMap::new(),
-        adhoc_user,
-        cancelled: false,
-        accepted_at: Instant::now(),
     }
 }
 

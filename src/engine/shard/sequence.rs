@@ -5,9 +5,8 @@
 //! The step's notification finishing, the sequence moving on and the next step's notification are written in
 //! one commit, so a crash leaves either the old step running or the next one started, never both or neither.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use ractor::ActorRef;
@@ -45,10 +44,7 @@ impl ShardState {
                 }
                 Err(e) => return drop(reply.send(Err(e))),
             };
-            let template_id = match &step.message {
-                super::super::Message::Template { template, .. } => Some(template.id.clone()),
-                super::super::Message::Content(_) => None,
-            };
+            let template_id = step.message.template_id();
             steps.push(SequenceStep {
                 category: step.category,
                 channels: step.channels,
@@ -143,15 +139,7 @@ impl ShardState {
         self.timers.insert(TimerKey::Step(sequence_id.to_string()), deadline);
         self.arm_timers(me);
         let id = notification.id.clone();
-        let open = Open {
-            notification,
-            deliveries: Vec::new(),
-            handoffs: HashMap::new(),
-            adhoc_user: None,
-            cancelled: false,
-            accepted_at: Instant::now(),
-        };
-        self.open.insert(id.clone(), open);
+        self.open.insert(id.clone(), Open::new(notification, Vec::new(), None));
         self.progress(me, &id, true, writes)
     }
 
