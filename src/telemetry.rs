@@ -62,8 +62,9 @@ pub struct Telemetry {
     outcomes: [[AtomicU64; Outcome::ALL.len()]; PROVIDERS],
     queue_depth: [[AtomicI64; LANES]; PROVIDERS],
     in_flight: [AtomicI64; PROVIDERS],
-    latency_buckets: [[AtomicU64; LATENCY_BUCKETS_MS.len() + 1]; PROVIDERS],
-    latency_sum_ms: [AtomicU64; PROVIDERS],
+    /// Per provider and lane: the campaign (`low`) lane and the transactional lanes are told apart.
+    latency_buckets: [[[AtomicU64; LATENCY_BUCKETS_MS.len() + 1]; LANES]; PROVIDERS],
+    latency_sum_ms: [[AtomicU64; LANES]; PROVIDERS],
     rejected_overload: AtomicU64,
     store_errors: AtomicU64,
     provider_pauses: [AtomicU64; PROVIDERS],
@@ -105,11 +106,11 @@ impl Telemetry {
         self.in_flight[provider.index()].fetch_add(delta, Relaxed);
     }
 
-    /// Latency from acceptance to the provider's answer.
-    pub fn provider_latency(&self, provider: ProviderKind, ms: u64) {
+    /// Latency from acceptance (or a scheduled send's due time) to the provider's answer, per priority lane.
+    pub fn provider_latency(&self, provider: ProviderKind, priority: Priority, ms: u64) {
         let bucket = LATENCY_BUCKETS_MS.iter().position(|&b| ms <= b).unwrap_or(LATENCY_BUCKETS_MS.len());
-        self.latency_buckets[provider.index()][bucket].fetch_add(1, Relaxed);
-        self.latency_sum_ms[provider.index()].fetch_add(ms, Relaxed);
+        self.latency_buckets[provider.index()][priority.lane()][bucket].fetch_add(1, Relaxed);
+        self.latency_sum_ms[provider.index()][priority.lane()].fetch_add(ms, Relaxed);
     }
 
     /// A request refused with 429 because the engine was saturated.
@@ -165,28 +166,35 @@ impl Telemetry {
         }
         out.push_str("# TYPE herald_provider_latency_ms histogram\n");
         for p in ProviderKind::ALL {
-            let mut cumulative = 0;
-            for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
-                cumulative += self.latency_buckets[p.index()][i].load(Relaxed);
+            for lane in Priority::ALL {
+                let (buckets, labels) = (&self.latency_buckets[p.index()][lane.lane()], (p.as_str(), lane.as_str()));
+                let mut cumulative = 0;
+                for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
+                    cumulative += buckets[i].load(Relaxed);
+                    let _ = writeln!(
+                        out,
+                        "herald_provider_latency_ms_bucket{{provider=\"{}\",lane=\"{}\",le=\"{bound}\"}} {cumulative}",
+                        labels.0, labels.1
+                    );
+                }
+                cumulative += buckets[LATENCY_BUCKETS_MS.len()].load(Relaxed);
+                let sum = self.latency_sum_ms[p.index()][lane.lane()].load(Relaxed);
                 let _ = writeln!(
                     out,
-                    "herald_provider_latency_ms_bucket{{provider=\"{}\",le=\"{bound}\"}} {cumulative}",
-                    p.as_str()
+                    "herald_provider_latency_ms_bucket{{provider=\"{}\",lane=\"{}\",le=\"+Inf\"}} {cumulative}",
+                    labels.0, labels.1
+                );
+                let _ = writeln!(
+                    out,
+                    "herald_provider_latency_ms_sum{{provider=\"{}\",lane=\"{}\"}} {sum}",
+                    labels.0, labels.1
+                );
+                let _ = writeln!(
+                    out,
+                    "herald_provider_latency_ms_count{{provider=\"{}\",lane=\"{}\"}} {cumulative}",
+                    labels.0, labels.1
                 );
             }
-            cumulative += self.latency_buckets[p.index()][LATENCY_BUCKETS_MS.len()].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "herald_provider_latency_ms_bucket{{provider=\"{}\",le=\"+Inf\"}} {cumulative}",
-                p.as_str()
-            );
-            let _ = writeln!(
-                out,
-                "herald_provider_latency_ms_sum{{provider=\"{}\"}} {}",
-                p.as_str(),
-                self.latency_sum_ms[p.index()].load(Relaxed)
-            );
-            let _ = writeln!(out, "herald_provider_latency_ms_count{{provider=\"{}\"}} {cumulative}", p.as_str());
         }
         for (name, counters) in [
             ("herald_provider_pauses_total", &self.provider_pauses),
@@ -218,12 +226,13 @@ mod tests {
         t.accepted(Channel::Sms);
         t.outcome(ProviderKind::Twilio, Outcome::Delivered);
         t.queue_changed(ProviderKind::Fcm, Priority::Low, 3);
-        t.provider_latency(ProviderKind::Fcm, 7);
+        t.provider_latency(ProviderKind::Fcm, Priority::High, 7);
         let text = t.render();
         assert!(text.contains("herald_accepted_total{channel=\"sms\"} 1"));
         assert!(text.contains("herald_deliveries_total{channel=\"sms\",provider=\"twilio\",outcome=\"delivered\"} 1"));
         assert!(text.contains("herald_queue_depth{provider=\"fcm\",lane=\"low\"} 3"));
-        assert!(text.contains("herald_provider_latency_ms_bucket{provider=\"fcm\",le=\"5\"} 0"));
-        assert!(text.contains("herald_provider_latency_ms_bucket{provider=\"fcm\",le=\"10\"} 1"));
+        assert!(text.contains("herald_provider_latency_ms_bucket{provider=\"fcm\",lane=\"high\",le=\"5\"} 0"));
+        assert!(text.contains("herald_provider_latency_ms_bucket{provider=\"fcm\",lane=\"high\",le=\"10\"} 1"));
+        assert!(text.contains("herald_provider_latency_ms_count{provider=\"fcm\",lane=\"low\"} 0"));
     }
 }

@@ -329,7 +329,7 @@ impl DispatcherState {
             let result = AssertUnwindSafe(provider.send(&job.request)).catch_unwind().await.unwrap_or_else(|_| {
                 Err(ProviderError::new(kind, ErrorClass::Retryable, "panic", "provider client panicked"))
             });
-            telemetry.provider_latency(kind, job.accepted_at.elapsed().as_millis() as u64);
+            telemetry.provider_latency(kind, job.priority(), job.accepted_at.elapsed().as_millis() as u64);
             // The pause reaches the dispatcher before the outcome reaches the shard, hence before this job's
             // slot is released and before its retry is scheduled.
             match &result {
