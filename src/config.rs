@@ -57,6 +57,10 @@ pub struct ServerSettings {
     pub request_timeout_ms: u64,
 }
 
+fn default_cache_mb() -> usize {
+    crate::store::DEFAULT_CACHE_MB
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
@@ -65,6 +69,9 @@ pub struct StoreSettings {
     pub data_dir: PathBuf,
     /// Most writes in one group commit.
     pub commit_batch_max: usize,
+    /// The embedded store's page cache, MiB (it counts in the process's memory like any other buffer).
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: usize,
     /// Used when `backend = "redis"`.
     #[serde(default)]
     pub redis: RedisSettings,
@@ -229,6 +236,9 @@ impl Settings {
                 }
             }
             _ => return invalid("store.backend", "must be `embedded` or `redis`"),
+        }
+        if self.store.cache_mb == 0 {
+            return invalid("store.cache_mb", "must be at least 1");
         }
         if self.store.commit_batch_max == 0 {
             return invalid("store.commit_batch_max", "must be at least 1");

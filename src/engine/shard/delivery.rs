@@ -399,10 +399,10 @@ pub(super) fn cancel_unhanded(open: &mut Open, now: Timestamp, writes: &mut Vec<
     for delivery in
         open.deliveries.iter_mut().filter(|d| matches!(d.status, DeliveryStatus::Queued | DeliveryStatus::Retrying))
     {
-        let not_handed = open
-            .handoffs
-            .get(&delivery.id)
-            .is_none_or(|h| h.compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok());
+        let not_handed =
+            open.handoffs.iter().find(|(id, _)| *id == delivery.id).is_none_or(|(_, h)| {
+                h.compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            });
         if not_handed && delivery.advance(DeliveryStatus::Cancelled, EventKind::Cancelled, None, now) {
             writes.push(Write::PutDelivery(Arc::new(delivery.clone())));
         }

@@ -96,9 +96,11 @@ pub struct ShardArgs {
 struct Open {
     notification: Notification,
     deliveries: Vec<Delivery>,
-    handoffs: HashMap<DeliveryId, Arc<AtomicU8>>,
-    /// Ad-hoc recipients have no stored user; their synthesized one is kept here.
-    adhoc_user: Option<User>,
+    /// The hand-off flag of each delivery's current job (a notification has one or a few: a list, not a map).
+    handoffs: Vec<(DeliveryId, Arc<AtomicU8>)>,
+    /// Ad-hoc recipients have no stored user; their synthesized one is kept here (boxed: an `Open` is kept per
+    /// queued notification, and most have a stored user).
+    adhoc_user: Option<Box<User>>,
     cancelled: bool,
     accepted_at: Instant,
 }
@@ -108,8 +110,8 @@ impl Open {
         Open {
             notification,
             deliveries,
-            handoffs: HashMap::new(),
-            adhoc_user,
+            handoffs: Vec::new(),
+            adhoc_user: adhoc_user.map(Box::new),
             cancelled: false,
             accepted_at: Instant::now(),
         }
@@ -343,7 +345,7 @@ fn plan_step(
     let deliveries = {
         let fallback;
         // A user deleted meanwhile plans like a user without contacts: everything is filtered.
-        let user = match open.adhoc_user.as_ref().or_else(|| users.get(&open.notification.owner)) {
+        let user = match open.adhoc_user.as_deref().or_else(|| users.get(&open.notification.owner)) {
             Some(u) => u,
             None => {
                 fallback = User::new(open.notification.owner.clone(), now);
@@ -382,7 +384,10 @@ fn arm_report_wait(waits: &mut ReportWaits, me: &ActorRef<ShardMsg>) {
 /// A dispatcher job for a queued delivery; registers its hand-off flag so it can be cancelled.
 fn job_for(open: &mut Open, d: &Delivery, me: &ActorRef<ShardMsg>) -> DeliveryJob {
     let handoff = Arc::new(AtomicU8::new(QUEUED));
-    open.handoffs.insert(d.id.clone(), handoff.clone());
+    match open.handoffs.iter_mut().find(|(id, _)| *id == d.id) {
+        Some((_, flag)) => *flag = handoff.clone(),
+        None => open.handoffs.push((d.id.clone(), handoff.clone())),
+    }
     let content = open.notification.content(d.channel).cloned().unwrap_or_default();
     DeliveryJob {
         request: SendRequest {

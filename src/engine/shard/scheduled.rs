@@ -187,7 +187,7 @@ impl ShardState {
             left.push((id.to_string(), due_ms, self.leave_scheduled(id)));
             return;
         }
-        let user = open.adhoc_user.as_ref().or_else(|| self.users.get(&open.notification.owner));
+        let user = open.adhoc_user.as_deref().or_else(|| self.users.get(&open.notification.owner));
         if let Some(end) = user.and_then(|u| quiet_end(open.notification.priority, u, now)) {
             let n = &mut open.notification;
             n.send_at = Some(end);

@@ -39,14 +39,29 @@ pub struct EmbeddedStore {
     stats: Arc<WriterStats>,
 }
 
+/// The page cache of [`EmbeddedStore::open`], in MiB (the config's `store.cache_mb` default).
+pub const DEFAULT_CACHE_MB: usize = 128;
+
 impl EmbeddedStore {
     /// Opens (or creates) `dir/herald.redb`, creating `dir` if needed, and starts the writer thread. After a
     /// crash redb recovers the last committed state here. `commit_batch_max` bounds the writes of one commit.
+    /// The page cache gets the default size ([`DEFAULT_CACHE_MB`]).
     pub fn open(dir: &Path, commit_batch_max: usize) -> Result<Arc<EmbeddedStore>, StoreError> {
+        Self::open_with_cache(dir, commit_batch_max, DEFAULT_CACHE_MB)
+    }
+
+    /// [`EmbeddedStore::open`] with a page cache of `cache_mb` MiB (redb's own default is 1 GiB, which a
+    /// server with a million queued notifications would fill: see `store.cache_mb` in the config).
+    pub fn open_with_cache(
+        dir: &Path,
+        commit_batch_max: usize,
+        cache_mb: usize,
+    ) -> Result<Arc<EmbeddedStore>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(FILE_NAME);
-        let db = Arc::new(Database::create(&path).map_err(db_error)?);
+        let db = Database::builder().set_cache_size(cache_mb.max(1) << 20).create(&path).map_err(db_error)?;
+        let db = Arc::new(db);
         writer::create_tables(&db)?;
         let (queue, receiver) = mpsc::channel();
         let stats = Arc::new(WriterStats::default());
