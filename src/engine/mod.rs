@@ -41,6 +41,8 @@ pub use dispatcher::{DeliveryJob, DispatcherHandle};
 pub use error::EngineError;
 pub use idempotency::{IdempotencyIndex, Reservation, StableHasher, stable_hash};
 pub use inbox_hub::{InboxHub, InboxSubscription, STREAM_BUFFER, StreamEvent};
+/// Public for `benches/components` (routing): planning is the shard's per-recipient routing step.
+pub use plan::deliveries_for;
 pub use request::{
     AcceptReply, AdHocRecipient, Claim, Message, NewNotification, NewSequence, NewStep, NotificationPatch, UserUpdate,
 };
