@@ -12,8 +12,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::future::join_all;
 use herald::config::{DispatchLimits, Settings};
 use herald::domain::{
-    Category, Channel, Delivery, Device, IdempotencyEntry, InboxItem, Notification, Platform, Priority, ProviderKind,
-    Rendered, Sequence, Strategy, Template, User,
+    Campaign, Category, Channel, Delivery, Device, IdempotencyEntry, InboxItem, Notification, Platform, Priority,
+    ProviderKind, Rendered, Sequence, Strategy, Template, User,
 };
 use herald::engine::{Engine, Message, NewNotification, UserUpdate};
 use herald::providers::{Accepted, Provider, ProviderError, SendRequest};
@@ -80,6 +80,18 @@ impl Store for NullStore {
         Ok(None)
     }
     async fn open_sequences(&self) -> Result<Vec<Sequence>, StoreError> {
+        Ok(vec![])
+    }
+    async fn campaign(&self, _: &str) -> Result<Option<Campaign>, StoreError> {
+        Ok(None)
+    }
+    async fn active_campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
+        Ok(vec![])
+    }
+    async fn audience_page(&self, _: &str, _: u32) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(None)
+    }
+    async fn user_ids(&self, _: Option<&str>, _: Option<&str>, _: usize) -> Result<Vec<String>, StoreError> {
         Ok(vec![])
     }
     async fn max_seq(&self) -> Result<u64, StoreError> {

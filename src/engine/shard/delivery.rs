@@ -123,6 +123,7 @@ impl ShardState {
             send_at: schedule.as_ref().map(|(at, _)| *at),
             reason: schedule.and_then(|(_, reason)| reason),
             sequence: None,
+            campaign: None,
             created_at: now,
             updated_at: now,
         };
