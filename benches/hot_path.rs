@@ -152,6 +152,7 @@ impl Bench {
                 metadata: None,
                 expires_at: None,
                 send_at: None,
+                campaign: None,
             };
             self.engine.send(request, n, n)
         });
