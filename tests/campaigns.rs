@@ -498,6 +498,8 @@ async fn high_priority_sends_reach_the_provider_while_a_low_priority_blast_runs(
 
     let c = wait_settled(&app, &id).await;
     assert_eq!(count(&c, "completed"), BLAST as u64, "{c:#}");
+    let at = |f: &str| c[f].as_str().unwrap().parse::<Timestamp>().unwrap();
+    println!("blast: {BLAST} accepted in {:?}", at("finished_at").duration_since(at("started_at")));
     let record = app.sandbox().record();
     let blast_end = record.iter().filter(|m| m.body == "blast").map(|m| m.received_at).max().unwrap();
     let arrived: HashMap<&str, Timestamp> = record.iter().map(|m| (m.body.as_str(), m.received_at)).collect();

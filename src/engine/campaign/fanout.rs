@@ -1,10 +1,10 @@
 //! One campaign's task: waits for `send_at`, then reads the audience one page at a time and submits each user
-//! as a `low` notification, at most [`IN_FLIGHT`] at once and paced to `rate_per_second`, checkpointing the
-//! cursor with the counts after every page.
+//! as a `low` notification, at most [`IN_FLIGHT`] at once (fewer while its accepts queue: `limit.rs`) and paced
+//! to `rate_per_second`, checkpointing the cursor with the counts after every page.
 //!
 //! Back-pressure: a user refused with `Overloaded` (admission turns `low` away at half the thresholds) or
-//! `Unavailable` (store down) is retried after a pause that doubles up to [`RETRY_MAX`], so a blast slows down
-//! before transactional traffic is refused. Pause and cancel stop issuing, wait for the accepts in flight, and
+//! `Unavailable` (store down) is retried after a pause that doubles up to [`RETRY_MAX`], and the in-flight
+//! limit shrinks, so a blast slows down before transactional traffic is refused. Pause and cancel stop issuing, wait for the accepts in flight, and
 //! save the exact cursor: everything before it is done, nothing after it was submitted. A stopped engine ends
 //! the task without writing; the next start resumes from the last checkpoint, and the users submitted since are
 //! submitted again, which their idempotency keys turn into duplicates (counted as accepted: their first accept
@@ -25,6 +25,7 @@ use crate::engine::request::{Message, NewNotification};
 use crate::engine::timers::until;
 use crate::store::{StoreError, Write};
 
+use super::limit::InFlightLimit;
 use super::pacing::Pacer;
 use super::{CampaignCommand, Campaigns, Command, EngineError, Handle};
 
@@ -61,6 +62,17 @@ struct Task {
     campaign: Campaign,
     commands: mpsc::Receiver<Command>,
     pacer: Pacer,
+    limit: InFlightLimit,
+}
+
+/// How one user's accept ended.
+struct Accept {
+    /// A notification was accepted (or had been: a duplicate); false: the user was skipped.
+    accepted: bool,
+    /// Of the last attempt, for the in-flight limit.
+    latency: Duration,
+    /// Admission refused an attempt first.
+    overloaded: bool,
 }
 
 /// Runs the campaign until it is completed or cancelled, or the engine stops.
@@ -71,7 +83,8 @@ pub(super) async fn run(
     commands: mpsc::Receiver<Command>,
 ) {
     let pacer = Pacer::new(campaign.rate_per_second);
-    let mut task = Task { campaigns, handle, campaign, commands, pacer };
+    let limit = InFlightLimit::new(IN_FLIGHT);
+    let mut task = Task { campaigns, handle, campaign, commands, pacer, limit };
     loop {
         let flow = match task.campaign.status {
             CampaignStatus::Scheduled => task.wait_until_due().await,
@@ -160,7 +173,7 @@ impl Task {
                         break;
                     }
                 }
-                while in_flight.len() >= IN_FLIGHT {
+                while in_flight.len() >= self.limit.get() {
                     self.settle_one(&mut in_flight).await?;
                 }
                 in_flight.push(accept_one(self.campaigns.clone(), spec.clone(), user.clone()));
@@ -196,9 +209,9 @@ impl Task {
     }
 
     /// Waits for one accept in flight to finish and counts it.
-    async fn settle_one<F>(&self, in_flight: &mut FuturesUnordered<F>) -> Result<(), Stopped>
+    async fn settle_one<F>(&mut self, in_flight: &mut FuturesUnordered<F>) -> Result<(), Stopped>
     where
-        F: Future<Output = Option<bool>>,
+        F: Future<Output = Option<Accept>>,
     {
         let stop = self.campaigns.stop.clone();
         let outcome = tokio::select! {
@@ -206,7 +219,11 @@ impl Task {
             _ = stop.cancelled() => return Err(Stopped),
             outcome = in_flight.next() => outcome,
         };
-        let accepted = outcome.flatten().ok_or(Stopped)?;
+        let Accept { accepted, latency, overloaded } = outcome.flatten().ok_or(Stopped)?;
+        if overloaded {
+            self.limit.overloaded();
+        }
+        self.limit.record(latency, tokio::time::Instant::now());
         let h = &self.handle;
         h.processed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let counter = if accepted { &h.accepted } else { &h.skipped };
@@ -342,18 +359,20 @@ impl Task {
     }
 }
 
-/// Submits one user through the engine's accept path until it is accepted (`Some(true)`, a duplicate
-/// included) or refused for good (`Some(false)`: unknown user, preferences, a rendering error); retries
-/// overload and store outages. `None`: the engine stopped.
-async fn accept_one(campaigns: Arc<Campaigns>, spec: Arc<Spec>, user: String) -> Option<bool> {
+/// Submits one user through the engine's accept path until it is accepted (a duplicate included) or refused
+/// for good (unknown user, preferences, a rendering error); retries overload and store outages. `None`: the
+/// engine stopped.
+async fn accept_one(campaigns: Arc<Campaigns>, spec: Arc<Spec>, user: String) -> Option<Accept> {
     let Some(template) = &spec.template else {
         tracing::error!(campaign = %spec.campaign_id, "campaign template is gone; skipping");
-        return Some(false);
+        return Some(Accept { accepted: false, latency: Duration::ZERO, overloaded: false });
     };
     let key = format!("campaign:{}:{user}", spec.campaign_id);
     let body_hash = stable_hash(&[b"campaign", spec.campaign_id.as_bytes(), user.as_bytes()]);
     let mut backoff = RETRY_MIN;
+    let mut overloaded = false;
     loop {
+        let started = tokio::time::Instant::now();
         let request = NewNotification {
             owner: user.clone(),
             adhoc: None,
@@ -369,11 +388,14 @@ async fn accept_one(campaigns: Arc<Campaigns>, spec: Arc<Spec>, user: String) ->
             send_at: None,
             campaign: Some(spec.campaign_id.clone()),
         };
-        match campaigns.front.send(request, body_hash, body_hash).await {
-            Ok(_) => return Some(true),
-            Err(EngineError::Invalid { .. } | EngineError::NotFound(_)) => return Some(false),
+        let result = campaigns.front.send(request, body_hash, body_hash).await;
+        let done = |accepted| Some(Accept { accepted, latency: started.elapsed(), overloaded });
+        match result {
+            Ok(_) => return done(true),
+            Err(EngineError::Invalid { .. } | EngineError::NotFound(_)) => return done(false),
             // Overloaded, store down, or the same key still in progress after a timed-out call: wait and retry.
-            Err(EngineError::Overloaded | EngineError::Unavailable(_) | EngineError::Conflict(_)) => {
+            Err(e @ (EngineError::Overloaded | EngineError::Unavailable(_) | EngineError::Conflict(_))) => {
+                overloaded |= matches!(e, EngineError::Overloaded);
                 tokio::select! {
                     _ = campaigns.stop.cancelled() => return None,
                     _ = tokio::time::sleep(backoff) => {}

@@ -9,6 +9,7 @@
 //! (`Write::CountCampaignFinal`). See `docs/campaigns.md`.
 
 mod fanout;
+mod limit;
 mod pacing;
 
 use std::collections::{HashMap, HashSet};
