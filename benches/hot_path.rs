@@ -12,8 +12,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::future::join_all;
 use herald::config::{DispatchLimits, Settings};
 use herald::domain::{
-    Category, Channel, Delivery, Device, IdempotencyEntry, InboxItem, Notification, Platform, Priority, ProviderKind,
-    Rendered, Sequence, Strategy, Template, User,
+    Campaign, Category, Channel, Delivery, Device, IdempotencyEntry, InboxItem, Notification, Platform, Priority,
+    ProviderKind, Rendered, Sequence, Strategy, Template, User,
 };
 use herald::engine::{Engine, Message, NewNotification, UserUpdate};
 use herald::providers::{Accepted, Provider, ProviderError, SendRequest};
@@ -82,6 +82,18 @@ impl Store for NullStore {
     async fn open_sequences(&self) -> Result<Vec<Sequence>, StoreError> {
         Ok(vec![])
     }
+    async fn campaign(&self, _: &str) -> Result<Option<Campaign>, StoreError> {
+        Ok(None)
+    }
+    async fn active_campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
+        Ok(vec![])
+    }
+    async fn audience_page(&self, _: &str, _: u32) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(None)
+    }
+    async fn user_ids(&self, _: Option<&str>, _: Option<&str>, _: usize) -> Result<Vec<String>, StoreError> {
+        Ok(vec![])
+    }
     async fn max_seq(&self) -> Result<u64, StoreError> {
         Ok(0)
     }
@@ -140,6 +152,7 @@ impl Bench {
                 metadata: None,
                 expires_at: None,
                 send_at: None,
+                campaign: None,
             };
             self.engine.send(request, n, n)
         });

@@ -54,11 +54,18 @@ pub struct ServerSettings {
     pub public_url: String,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Largest `POST /v1/campaigns` body, in bytes: room for an explicit list of up to 1,000,000 user ids.
+    #[serde(default = "default_campaign_body_bytes")]
+    pub max_campaign_body_bytes: usize,
     pub request_timeout_ms: u64,
 }
 
 fn default_cache_mb() -> usize {
     crate::store::DEFAULT_CACHE_MB
+}
+
+fn default_campaign_body_bytes() -> usize {
+    32 * 1024 * 1024
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -267,6 +274,9 @@ impl Settings {
         }
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes", "must be at least 1024");
+        }
+        if self.server.max_campaign_body_bytes < self.server.max_body_bytes {
+            return invalid("server.max_campaign_body_bytes", "must be at least server.max_body_bytes");
         }
         for kind in ProviderKind::ALL {
             let Some(limits) = self.providers.limits.get(&kind) else {

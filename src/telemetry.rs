@@ -71,6 +71,8 @@ pub struct Telemetry {
     provider_alerts: [AtomicU64; PROVIDERS],
     report_timeouts: [AtomicU64; PROVIDERS],
     inbox_streams: AtomicI64,
+    /// Campaign audience members: `[accepted, skipped]`.
+    campaign_users: [AtomicU64; 2],
 }
 
 impl Telemetry {
@@ -123,6 +125,12 @@ impl Telemetry {
     pub fn store_error(&self, error: &crate::store::StoreError) {
         self.store_errors.fetch_add(1, Relaxed);
         tracing::warn!(%error, "store commit failed");
+    }
+
+    /// A campaign fan-out handled one user: a notification was accepted for it, or it was skipped (unknown,
+    /// preferences, rendering).
+    pub fn campaign_user(&self, accepted: bool) {
+        self.campaign_users[usize::from(!accepted)].fetch_add(1, Relaxed);
     }
 
     /// In-app stream connections opened (+1) or closed (-1).
@@ -210,6 +218,11 @@ impl Telemetry {
         let _ = writeln!(out, "herald_rejected_overload_total {}", self.rejected_overload.load(Relaxed));
         out.push_str("# TYPE herald_store_errors_total counter\n");
         let _ = writeln!(out, "herald_store_errors_total {}", self.store_errors.load(Relaxed));
+        out.push_str("# TYPE herald_campaign_users_total counter\n");
+        for (i, outcome) in ["accepted", "skipped"].into_iter().enumerate() {
+            let v = self.campaign_users[i].load(Relaxed);
+            let _ = writeln!(out, "herald_campaign_users_total{{outcome=\"{outcome}\"}} {v}");
+        }
         out.push_str("# TYPE herald_inbox_streams gauge\n");
         let _ = writeln!(out, "herald_inbox_streams {}", self.inbox_streams.load(Relaxed));
         out
@@ -227,6 +240,9 @@ mod tests {
         t.outcome(ProviderKind::Twilio, Outcome::Delivered);
         t.queue_changed(ProviderKind::Fcm, Priority::Low, 3);
         t.provider_latency(ProviderKind::Fcm, Priority::High, 7);
+        t.campaign_user(true);
+        t.campaign_user(false);
+        t.campaign_user(false);
         let text = t.render();
         assert!(text.contains("herald_accepted_total{channel=\"sms\"} 1"));
         assert!(text.contains("herald_deliveries_total{channel=\"sms\",provider=\"twilio\",outcome=\"delivered\"} 1"));
@@ -234,5 +250,7 @@ mod tests {
         assert!(text.contains("herald_provider_latency_ms_bucket{provider=\"fcm\",lane=\"high\",le=\"5\"} 0"));
         assert!(text.contains("herald_provider_latency_ms_bucket{provider=\"fcm\",lane=\"high\",le=\"10\"} 1"));
         assert!(text.contains("herald_provider_latency_ms_count{provider=\"fcm\",lane=\"low\"} 0"));
+        assert!(text.contains("herald_campaign_users_total{outcome=\"accepted\"} 1"));
+        assert!(text.contains("herald_campaign_users_total{outcome=\"skipped\"} 2"));
     }
 }

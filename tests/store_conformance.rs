@@ -4,6 +4,8 @@
 //! A backend is a [`Backend`]: something that opens a store over its own state (a temp dir, a private
 //! redis-server) and can open it again after the first one is dropped. No test sleeps: waits are on callbacks.
 
+#[path = "store_conformance/campaigns.rs"]
+mod campaigns;
 mod common;
 #[path = "store_conformance/scheduling.rs"]
 mod scheduling;
@@ -99,10 +101,15 @@ macro_rules! conformance {
                 scheduled_is_in_due_then_id_order_up_to_until,
                 scheduled_pages_through_a_shared_due_time_exactly_once,
                 scheduled_notifications_leave_and_move_in_the_index_as_they_change,
-                sequences_round_trip_and_only_running_ones_are_open
+                sequences_round_trip_and_only_running_ones_are_open,
+                campaigns_round_trip_and_only_active_ones_are_listed,
+                audience_pages_round_trip_and_go_when_the_campaign_ends,
+                campaign_final_counts_add_up_beside_the_record,
+                user_ids_page_in_id_order_by_tag_as_tags_change
             );
             conformance!(@backend $make;
                 writes_survive_close_and_reopen,
+                campaigns_survive_close_and_reopen,
                 queued_submits_are_committed_in_few_transactions,
                 concurrent_submits_share_commits
             );
@@ -142,6 +149,7 @@ pub mod suite {
     use tokio::sync::mpsc;
 
     use super::Backend;
+    pub use crate::campaigns::*;
     use crate::common::*;
     pub use crate::scheduling::*;
 

@@ -174,6 +174,7 @@ fn validate(state: &AppState, body: SendBody, header_key: Option<String>) -> Res
         metadata: body.metadata,
         expires_at,
         send_at,
+        campaign: None,
     };
     Ok((request, content_hash))
 }

@@ -12,7 +12,10 @@ use serde::{Deserialize, Deserializer};
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::{AppState, valid_id};
-use crate::domain::{Channel, Device, Platform, Preferences, Template, TemplateBody, normalize_email, normalize_phone};
+use crate::domain::{
+    Channel, Device, MAX_TAGS, Platform, Preferences, Template, TemplateBody, normalize_email, normalize_phone,
+    valid_tag,
+};
 use crate::engine::UserUpdate;
 
 /// `Some(None)` for an explicit `null`, `None` for an absent field.
@@ -33,6 +36,34 @@ pub struct UserBody {
     locale: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     timezone: Option<Option<String>>,
+    /// Replaces the user's tags; absent leaves them, `[]` (or `null`) removes them all.
+    #[serde(default, deserialize_with = "nullable_list")]
+    tags: Option<Vec<String>>,
+}
+
+/// `Some([])` for an explicit `null`, so `"tags": null` clears like `[]`.
+fn nullable_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    Option::<Vec<String>>::deserialize(d).map(|v| Some(v.unwrap_or_default()))
+}
+
+/// At most [`MAX_TAGS`] valid tags; a repeated one is kept once.
+fn tags(tags: Vec<String>) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for (i, tag) in tags.into_iter().enumerate() {
+        if !valid_tag(&tag) {
+            return Err(ApiError::invalid(
+                format!("tags[{i}]"),
+                "tags are 1-64 characters of letters, digits and _.:-",
+            ));
+        }
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    if out.len() > MAX_TAGS {
+        return Err(ApiError::invalid("tags", format!("at most {MAX_TAGS} tags")));
+    }
+    Ok(out)
 }
 
 /// Validates and normalizes a profile update.
@@ -53,6 +84,7 @@ fn user_update(body: UserBody) -> Result<UserUpdate, ApiError> {
         timezone: check("timezone", body.timezone, &|s| {
             jiff::tz::TimeZone::get(s).map(|_| s.to_string()).map_err(|_| format!("unknown IANA time zone `{s}`"))
         })?,
+        tags: body.tags.map(tags).transpose()?,
     })
 }
 

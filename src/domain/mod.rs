@@ -1,8 +1,9 @@
-//! The domain: users, templates, notifications, deliveries and their statuses.
+//! The domain: users, templates, notifications, deliveries and their statuses, sequences and campaigns.
 //!
 //! Architecture invariant: nothing here does I/O or knows tokio, HTTP or the store. Everything is plain data
 //! and pure functions, so the engine, the API and the store can all share it and unit tests need no runtime.
 
+pub mod campaign;
 pub mod channel;
 pub mod contact;
 pub mod notification;
@@ -11,6 +12,10 @@ pub mod sequence;
 pub mod template;
 pub mod user;
 
+pub use campaign::{
+    AUDIENCE_PAGE, Audience, Campaign, CampaignCursor, CampaignId, CampaignStatus, FinalCounts, MAX_TAGS, Progress,
+    valid_tag,
+};
 pub use channel::{Category, Channel, Platform, Priority, ProviderKind, Strategy};
 pub use contact::{ContactError, normalize_email, normalize_phone};
 pub use notification::{

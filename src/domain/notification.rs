@@ -194,6 +194,9 @@ pub struct Notification {
     /// Set when this notification is one step of a sequence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<StepRef>,
+    /// Set when this notification was sent by a campaign's fan-out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

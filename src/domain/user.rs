@@ -27,6 +27,9 @@ pub struct User {
     pub devices: Vec<Device>,
     #[serde(default)]
     pub preferences: Preferences,
+    /// Labels campaigns can target (`audience: {tag}`); at most [`super::MAX_TAGS`], each [`super::valid_tag`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -42,6 +45,7 @@ impl User {
             timezone: None,
             devices: Vec::new(),
             preferences: Preferences::default(),
+            tags: Vec::new(),
             created_at: now,
             updated_at: now,
         }

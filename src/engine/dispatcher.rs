@@ -99,8 +99,9 @@ impl DispatcherHandle {
         let _ = self.actor.cast(DispatcherMsg::Release { owner, retry });
     }
 
-    pub fn is_full(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) >= self.capacity
+    /// Jobs queued in all lanes (admission compares it with `capacity`).
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 }
 

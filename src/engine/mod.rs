@@ -6,6 +6,8 @@
 //! and report each outcome back to the shard, which records it and releases the dispatcher's slot.
 //! See `docs/engine-semantics.md` for the guarantees.
 
+mod accept;
+mod campaign;
 mod dispatcher;
 mod error;
 mod idempotency;
@@ -19,7 +21,6 @@ mod scheduler;
 mod shard;
 mod timers;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -31,12 +32,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{EngineSettings, SchedulingSettings, Settings};
 use crate::domain::{
-    Channel, Delivery, Device, Notification, NotificationStatus, Preferences, ProviderKind, Sequence, Template, User,
+    Campaign, Channel, Delivery, Device, Notification, NotificationStatus, Preferences, Priority, ProviderKind,
+    Sequence, Template, User,
 };
 use crate::providers::{Provider, Report};
 use crate::store::{CommitCallback, Page, Store, StoreError, StoredNotification, Write};
 use crate::telemetry::Telemetry;
 
+use accept::Acceptor;
+pub use campaign::CampaignCommand;
+use campaign::{Campaigns, Templates};
 pub use dispatcher::{DeliveryJob, DispatcherHandle};
 pub use error::EngineError;
 pub use idempotency::{IdempotencyIndex, Reservation, StableHasher, stable_hash};
@@ -44,7 +49,8 @@ pub use inbox_hub::{InboxHub, InboxSubscription, STREAM_BUFFER, StreamEvent};
 /// Public for `benches/components` (routing): planning is the shard's per-recipient routing step.
 pub use plan::deliveries_for;
 pub use request::{
-    AcceptReply, AdHocRecipient, Claim, Message, NewNotification, NewSequence, NewStep, NotificationPatch, UserUpdate,
+    AcceptReply, AdHocRecipient, Claim, Message, NewAudience, NewCampaign, NewNotification, NewSequence, NewStep,
+    NotificationPatch, UserUpdate,
 };
 use shard::{Shard, ShardArgs, ShardMsg};
 pub use timers::Clock;
@@ -154,11 +160,13 @@ impl Actor for Supervisor {
 /// The engine as the API sees it.
 pub struct Engine {
     ctx: Arc<EngineCtx>,
-    shards: Vec<ActorRef<ShardMsg>>,
-    templates: RwLock<HashMap<String, Arc<Template>>>,
+    /// The shards and the accept path, shared with campaign fan-outs.
+    front: Arc<Acceptor>,
+    templates: Templates,
+    campaigns: Arc<Campaigns>,
     supervisor: ActorRef<()>,
     call_timeout: Duration,
-    /// Stops the scheduled-send loader.
+    /// Stops the scheduled-send loader and the campaign fan-outs.
     loader: CancellationToken,
 }
 
@@ -227,36 +235,37 @@ impl Engine {
             shards.push(shard);
         }
         let templates = store.templates().await?.into_iter().map(|t| (t.id.clone(), Arc::new(t))).collect();
-        let engine = Engine {
-            ctx,
-            shards,
-            templates: RwLock::new(templates),
-            supervisor,
-            call_timeout: Duration::from_millis(settings.server.request_timeout_ms),
-            loader: CancellationToken::new(),
-        };
+        let templates: Templates = Arc::new(RwLock::new(templates));
+        let call_timeout = Duration::from_millis(settings.server.request_timeout_ms);
+        let front = Arc::new(Acceptor { ctx: ctx.clone(), shards, call_timeout });
+        let loader = shutdown.child_token();
+        let campaigns = Campaigns::new(ctx.clone(), front.clone(), templates.clone(), loader.clone());
+        let engine = Engine { ctx, front, templates, campaigns, supervisor, call_timeout, loader };
         engine.restore().await?;
-        tokio::spawn(scheduler::run_loader(engine.ctx.clone(), engine.shards.clone(), engine.loader.clone()));
-        reconcile::spawn(engine.ctx.clone(), engine.shards.clone(), shutdown);
+        let shards = engine.front.shards.clone();
+        tokio::spawn(scheduler::run_loader(engine.ctx.clone(), shards.clone(), engine.loader.clone()));
+        reconcile::spawn(engine.ctx.clone(), shards, shutdown);
+        engine.campaigns.resume_all().await?;
         Ok(Arc::new(engine))
     }
 
     /// Hands every running sequence and then every open notification back to its shard, in acceptance order.
     async fn restore(&self) -> Result<(), EngineError> {
-        let mut sequences: Vec<Vec<Sequence>> = (0..self.shards.len()).map(|_| Vec::new()).collect();
+        let shards = &self.front.shards;
+        let mut sequences: Vec<Vec<Sequence>> = (0..shards.len()).map(|_| Vec::new()).collect();
         for sequence in self.ctx.store.open_sequences().await? {
-            sequences[shard_index(&sequence.user_id, self.shards.len())].push(sequence);
+            sequences[shard_index(&sequence.user_id, shards.len())].push(sequence);
         }
-        for (shard, sequences) in self.shards.iter().zip(sequences) {
+        for (shard, sequences) in shards.iter().zip(sequences) {
             let _ = shard.cast(ShardMsg::RestoreSequences(sequences));
         }
-        let mut by_shard: Vec<Vec<StoredNotification>> = (0..self.shards.len()).map(|_| Vec::new()).collect();
+        let mut by_shard: Vec<Vec<StoredNotification>> = (0..shards.len()).map(|_| Vec::new()).collect();
         let open = self.ctx.store.open_notifications().await?;
         let count = open.len();
         for stored in open {
-            by_shard[shard_index(&stored.notification.owner, self.shards.len())].push(stored);
+            by_shard[shard_index(&stored.notification.owner, shards.len())].push(stored);
         }
-        for (shard, stored) in self.shards.iter().zip(by_shard) {
+        for (shard, stored) in shards.iter().zip(by_shard) {
             let _ = shard.cast(ShardMsg::Restore(stored));
         }
         if count > 0 {
@@ -265,7 +274,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Stops the actors.
+    /// Stops the actors, the loader and the campaign fan-outs (which resume from their checkpoint next start).
     pub fn stop(&self) {
         self.loader.cancel();
         self.ctx.inbox.close();
@@ -277,33 +286,13 @@ impl Engine {
         &self.ctx.telemetry
     }
 
-    fn shard(&self, owner: &str) -> usize {
-        shard_index(owner, self.shards.len())
-    }
-
     /// Asks the shard that owns `owner`.
     async fn call<T: Send + 'static>(
         &self,
         owner: &str,
         message: impl FnOnce(ractor::RpcReplyPort<T>) -> ShardMsg,
     ) -> Result<T, EngineError> {
-        self.call_shard(self.shard(owner), message).await
-    }
-
-    async fn call_shard<T: Send + 'static>(
-        &self,
-        shard: usize,
-        message: impl FnOnce(ractor::RpcReplyPort<T>) -> ShardMsg,
-    ) -> Result<T, EngineError> {
-        match self.shards[shard].call(message, Some(self.call_timeout)).await {
-            Ok(ractor::rpc::CallResult::Success(value)) => Ok(value),
-            Ok(ractor::rpc::CallResult::Timeout) => {
-                Err(EngineError::Unavailable("timed out waiting for the store".into()))
-            }
-            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
-                Err(EngineError::Unavailable("engine is shutting down".into()))
-            }
-        }
+        self.front.call(owner, message).await
     }
 
     pub async fn put_user(&self, id: String, update: UserUpdate) -> Result<User, EngineError> {
@@ -341,64 +330,31 @@ impl Engine {
         self.templates.read().get(id).cloned()
     }
 
+    /// Creates a campaign (its record and explicit audience in one commit) and starts its fan-out.
+    pub async fn create_campaign(&self, request: NewCampaign) -> Result<Campaign, EngineError> {
+        self.campaigns.create(request).await
+    }
+
+    /// A campaign with its live progress and its notifications' final counts.
+    pub async fn campaign(&self, id: &str) -> Result<Option<Campaign>, EngineError> {
+        self.campaigns.get(id).await
+    }
+
+    /// Pauses, resumes or cancels a campaign's fan-out; answers once the change is durable. `Conflict` for a
+    /// campaign that is completed or cancelled.
+    pub async fn command_campaign(&self, id: &str, command: CampaignCommand) -> Result<Campaign, EngineError> {
+        self.campaigns.command(id, command, self.call_timeout).await
+    }
+
     /// Accepts a notification: idempotency, admission control, then the owning shard. Resolves once it is
     /// durable (202) or refused.
     pub async fn send(
         &self,
-        mut request: NewNotification,
+        request: NewNotification,
         body_hash: u64,
         content_hash: u64,
     ) -> Result<AcceptReply, EngineError> {
-        let shard = self.shard(&request.owner);
-        self.admit(shard, &request.channels)?;
-        let now = Timestamp::now();
-        let (key, ttl) = match &request.idempotency_key {
-            Some(key) => (format!("key:{key}"), self.ctx.settings.idempotency_ttl_s),
-            None => (format!("content:{content_hash:016x}"), self.ctx.settings.dedupe_window_s),
-        };
-        match self.ctx.idempotency.reserve(&key, body_hash, now) {
-            Reservation::New => {}
-            Reservation::Replay(entry) => {
-                return Ok(AcceptReply { id: entry.notification_id, status: entry.status, duplicate: true });
-            }
-            Reservation::Conflict => {
-                return Err(EngineError::Conflict("idempotency key was used with a different request body".into()));
-            }
-            // The first request's commit failed; whether it landed is known after the reconcile.
-            Reservation::InProgress if self.ctx.reconcile.is_held(&key) => {
-                return Err(EngineError::Unavailable("the store is recovering; retry shortly".into()));
-            }
-            Reservation::InProgress => {
-                return Err(EngineError::Conflict("a request with this idempotency key is in progress".into()));
-            }
-        }
-        let expires_at = now.checked_add(Duration::from_secs(ttl)).unwrap_or(now);
-        request.claims.push(Claim { key: key.clone(), body_hash, expires_at });
-        self.ctx.shard_pending[shard].fetch_add(1, Ordering::Relaxed);
-        let result = self.call_shard(shard, |reply| ShardMsg::Accept(Box::new(request), reply)).await;
-        match result {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => {
-                self.ctx.reconcile.release_unless_held(&self.ctx.idempotency, &key);
-                Err(e)
-            }
-            // Timed out: the commit may still land; its callback completes the key, or holds it for a reconcile.
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Refuses work the engine cannot queue: 429 rather than unbounded memory.
-    fn admit(&self, shard: usize, channels: &[Channel]) -> Result<(), EngineError> {
-        let shard_full = self.ctx.shard_pending[shard].load(Ordering::Relaxed) >= self.ctx.settings.shard_pending_max;
-        let dispatcher_full = channels.iter().flat_map(|c| ProviderKind::for_channel(*c)).any(|k| {
-            // The in-app channel has no dispatcher.
-            self.ctx.dispatchers[k.index()].as_ref().is_some_and(|d| d.is_full())
-        });
-        if shard_full || dispatcher_full {
-            self.ctx.telemetry.overloaded();
-            return Err(EngineError::Overloaded);
-        }
-        Ok(())
+        self.front.send(request, body_hash, content_hash).await
     }
 
     pub async fn notification(&self, id: &str) -> Result<Option<StoredNotification>, EngineError> {
@@ -428,11 +384,12 @@ impl Engine {
 
     /// Starts a sequence: its record and its first step's notification are committed before this returns.
     pub async fn start_sequence(&self, request: NewSequence) -> Result<Sequence, EngineError> {
-        let shard = self.shard(&request.user_id);
-        let channels: Vec<Channel> = request.steps.first().map(|s| s.channels.clone()).unwrap_or_default();
-        self.admit(shard, &channels)?;
+        let shard = self.front.shard(&request.user_id);
+        let first = request.steps.first();
+        let channels: Vec<Channel> = first.map(|s| s.channels.clone()).unwrap_or_default();
+        self.front.admit(shard, &channels, first.map_or(Priority::Normal, |s| s.priority))?;
         self.ctx.shard_pending[shard].fetch_add(1, Ordering::Relaxed);
-        self.call_shard(shard, |reply| ShardMsg::StartSequence(Box::new(request), reply)).await?
+        self.front.call_shard(shard, |reply| ShardMsg::StartSequence(Box::new(request), reply)).await?
     }
 
     pub async fn sequence(&self, id: &str) -> Result<Option<Sequence>, EngineError> {
@@ -483,7 +440,7 @@ impl Engine {
             tracing::debug!(provider = report.provider.as_str(), "report for an unknown delivery");
             return Ok(());
         };
-        let _ = self.shards[self.shard(&delivery.owner)].cast(ShardMsg::Report(report));
+        let _ = self.front.shards[self.front.shard(&delivery.owner)].cast(ShardMsg::Report(report));
         Ok(())
     }
 

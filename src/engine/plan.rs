@@ -159,6 +159,7 @@ mod tests {
             send_at: None,
             reason: None,
             sequence: None,
+            campaign: None,
             created_at: now,
             updated_at: now,
         }

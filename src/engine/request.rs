@@ -6,8 +6,8 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use crate::domain::{
-    Category, Channel, Device, IdempotencyEntry, NotificationStatus, Platform, Priority, Rendered, Strategy, Template,
-    User,
+    CampaignId, Category, Channel, Device, IdempotencyEntry, NotificationStatus, Platform, Priority, Rendered,
+    Strategy, Template, User,
 };
 
 use crate::domain::schedule::SendAt;
@@ -82,6 +82,9 @@ pub struct NewNotification {
     pub expires_at: Option<Timestamp>,
     /// A scheduled send; resolved against the recipient's time zone by the shard.
     pub send_at: Option<SendAt>,
+    /// The campaign whose fan-out sends this; such a request is refused (and the user skipped) when the user's
+    /// preferences turn off every one of its channels.
+    pub campaign: Option<CampaignId>,
 }
 
 impl Message {
@@ -156,6 +159,8 @@ pub struct UserUpdate {
     pub kakao_phone: Option<Option<String>>,
     pub locale: Option<Option<String>>,
     pub timezone: Option<Option<String>>,
+    /// Replaces the tags when given (validated, without duplicates).
+    pub tags: Option<Vec<String>>,
 }
 
 impl UserUpdate {
@@ -170,6 +175,9 @@ impl UserUpdate {
         set(&mut user.kakao_phone, self.kakao_phone);
         set(&mut user.locale, self.locale);
         set(&mut user.timezone, self.timezone);
+        if let Some(tags) = self.tags {
+            user.tags = tags;
+        }
     }
 }
 
@@ -191,4 +199,27 @@ pub struct NewSequence {
     pub steps: Vec<NewStep>,
     pub step_timeout_ms: u64,
     pub on_failure: crate::domain::OnFailure,
+}
+
+/// Who a new campaign goes to.
+#[derive(Clone, Debug)]
+pub enum NewAudience {
+    /// Valid ids, as given (duplicates are skipped when the campaign is created).
+    UserIds(Vec<String>),
+    AllUsers,
+    Tag(String),
+}
+
+/// A validated request to send one template to an audience (`POST /v1/campaigns`).
+#[derive(Clone, Debug)]
+pub struct NewCampaign {
+    pub name: Option<String>,
+    pub template: Arc<Template>,
+    pub params: BTreeMap<String, String>,
+    pub channels: Vec<Channel>,
+    pub category: Category,
+    pub audience: NewAudience,
+    /// Already checked to be in the future by the engine clock.
+    pub send_at: Option<Timestamp>,
+    pub rate_per_second: Option<u32>,
 }

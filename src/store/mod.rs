@@ -14,7 +14,8 @@ use jiff::Timestamp;
 use thiserror::Error;
 
 use crate::domain::{
-    Channel, Delivery, IdempotencyEntry, InboxItem, Notification, NotificationStatus, Sequence, Template, User,
+    Campaign, CampaignId, Channel, Delivery, IdempotencyEntry, InboxItem, Notification, NotificationStatus, Sequence,
+    Template, User,
 };
 
 mod codec;
@@ -28,6 +29,8 @@ pub use redis::RedisStore;
 /// consistent with these; callers never write index entries themselves.
 #[derive(Clone, Debug)]
 pub enum Write {
+    /// Insert or replace a user; the backend keeps the user id index and the tag index (tags added and removed)
+    /// in step, for [`Store::user_ids`].
     PutUser(Arc<User>),
     PutTemplate(Arc<Template>),
     /// Insert or replace a notification. While its status is `scheduled` it is in the scheduled index (by
@@ -53,6 +56,24 @@ pub enum Write {
     },
     /// Insert or replace a sequence. While its status is not final it is returned by [`Store::open_sequences`].
     PutSequence(Arc<Sequence>),
+    /// Insert or replace a campaign record (its `finals` are ignored: see [`Write::CountCampaignFinal`]). While
+    /// its status is active it is returned by [`Store::active_campaigns`]; once it is not, its audience pages
+    /// are deleted.
+    PutCampaign(Arc<Campaign>),
+    /// One page of a campaign's explicit audience, written with the campaign when it is created.
+    PutAudiencePage {
+        campaign: CampaignId,
+        page: u32,
+        user_ids: Arc<[String]>,
+    },
+    /// Adds `delta` to the count of one of a campaign's notifications' final statuses (`completed`, `failed`,
+    /// `cancelled`; any other status is ignored). Submitted in the commit that makes the notification final,
+    /// so the counts are exactly as durable as the statuses; a DLQ replay takes its old status back with -1.
+    CountCampaignFinal {
+        campaign: CampaignId,
+        status: NotificationStatus,
+        delta: i64,
+    },
 }
 
 /// Runs once the writes it was submitted with are committed (or have failed). Runs on the store's own thread,
@@ -171,6 +192,16 @@ pub trait Store: Send + Sync + 'static {
     async fn sequence(&self, id: &str) -> Result<Option<Sequence>, StoreError>;
     /// Sequences whose status is not final, in id (creation) order.
     async fn open_sequences(&self) -> Result<Vec<Sequence>, StoreError>;
+    /// One campaign, with its `finals`.
+    async fn campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError>;
+    /// Campaigns whose status is active (scheduled, running, paused), with their `finals`, in id (creation)
+    /// order: the fan-outs to resume at start.
+    async fn active_campaigns(&self) -> Result<Vec<Campaign>, StoreError>;
+    /// Page `page` of a campaign's explicit audience; `None` past the last page or once the campaign ended.
+    async fn audience_page(&self, id: &str, page: u32) -> Result<Option<Vec<String>>, StoreError>;
+    /// User ids after `after` (exclusive; from the first when `None`) in id (byte) order, at most `limit`: all
+    /// users, or only those carrying `tag`. Reads an index, never the user records.
+    async fn user_ids(&self, after: Option<&str>, tag: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError>;
     /// The highest notification `seq` stored (0 when empty), so sequence numbers continue after a restart.
     async fn max_seq(&self) -> Result<u64, StoreError>;
     /// Ok when the store can serve reads and writes.

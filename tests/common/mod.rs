@@ -47,6 +47,7 @@ pub fn notification(id: &str, seq: u64, status: NotificationStatus) -> Arc<Notif
         send_at: None,
         reason: None,
         sequence: None,
+        campaign: None,
         created_at: Timestamp::UNIX_EPOCH,
         updated_at: Timestamp::UNIX_EPOCH,
     })

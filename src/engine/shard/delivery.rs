@@ -18,7 +18,9 @@ use super::super::dispatcher::{CANCELLED, DeliveryJob, QUEUED};
 use super::super::outcome::classify;
 use super::super::plan::{self, Settle};
 use super::super::request::{AcceptReply, Claim, NewNotification};
-use super::{Open, Reply, SendOutcome, ShardMsg, ShardState, arm_report_wait, job_for, plan_step};
+use super::{
+    Open, Reply, SendOutcome, ShardMsg, ShardState, arm_report_wait, count_campaign_final, job_for, plan_step,
+};
 
 impl ShardState {
     pub(super) fn accept(&mut self, me: &ActorRef<ShardMsg>, req: NewNotification, reply: Reply<AcceptReply>) {
@@ -102,6 +104,10 @@ impl ShardState {
             None => return Err(EngineError::invalid("user_id", "unknown user; create it with PUT /v1/users/{id}")),
         };
         let user = adhoc_user.as_ref().unwrap_or_else(|| &self.users[&req.owner]);
+        if req.campaign.is_some() && !req.channels.iter().any(|c| user.preferences.allows(req.category, *c)) {
+            // A campaign skips such a user rather than recording a notification with nothing but filtered.
+            return Err(EngineError::invalid("preferences", "the user turned off every channel of this category"));
+        }
         let contents = req.render(user.locale.as_deref())?;
         let schedule = self.schedule_for(req, user)?;
         let notification = Notification {
@@ -123,6 +129,7 @@ impl ShardState {
             send_at: schedule.as_ref().map(|(at, _)| *at),
             reason: schedule.and_then(|(_, reason)| reason),
             sequence: None,
+            campaign: req.campaign.clone(),
             created_at: now,
             updated_at: now,
         };
@@ -169,6 +176,7 @@ impl ShardState {
                 }
                 Settle::Done(status) => {
                     open.notification.status = status;
+                    count_campaign_final(&open.notification, 1, writes);
                     changed = true;
                     break;
                 }
@@ -366,9 +374,11 @@ impl ShardState {
         delivery.attempts = 0;
         delivery.events.push(crate::domain::Event { kind: EventKind::Replayed, at: now, reason: None });
         delivery.updated_at = now;
-        open.notification.status = NotificationStatus::Dispatching;
         let delivery = delivery.clone();
         let mut writes = vec![Write::PutDelivery(Arc::new(delivery.clone()))];
+        // Reopened: its old final status no longer counts for its campaign (it counts again when it ends).
+        count_campaign_final(&open.notification, -1, &mut writes);
+        open.notification.status = NotificationStatus::Dispatching;
         let mut jobs = vec![job_for(open, &delivery, me)];
         jobs.extend(self.progress(me, &id, true, &mut writes));
         let ctx = self.ctx.clone();

@@ -370,6 +370,16 @@ fn plan_step(
     }
 }
 
+/// Counts a campaign notification's status in its campaign's finals (`delta` +1 as it becomes final, -1 when a
+/// DLQ replay reopens it), in the same commit as the status.
+fn count_campaign_final(n: &Notification, delta: i64, writes: &mut Vec<Write>) {
+    if let Some(campaign) = &n.campaign
+        && n.status.is_final()
+    {
+        writes.push(Write::CountCampaignFinal { campaign: campaign.clone(), status: n.status, delta });
+    }
+}
+
 /// Schedules the shard's wake-up for the earliest report wait, unless one is already scheduled for it.
 fn arm_report_wait(waits: &mut ReportWaits, me: &ActorRef<ShardMsg>) {
     if let Some(deadline) = waits.arm() {

@@ -20,7 +20,7 @@ use super::super::EngineError;
 use super::super::request::{AcceptReply, Claim, NewNotification, NotificationPatch, render};
 use super::super::timers::{TimerKey, until};
 use super::delivery::AfterAccept;
-use super::{Open, Reply, ShardMsg, ShardState, stored_adhoc_user};
+use super::{Open, Reply, ShardMsg, ShardState, count_campaign_final, stored_adhoc_user};
 
 impl ShardState {
     /// When `req` is due if it is not to be sent now: its `send_at`, or the end of the user's quiet hours for a
@@ -182,6 +182,7 @@ impl ShardState {
         if n.expires_at.is_some_and(|expires| expires <= now) {
             n.status = NotificationStatus::Failed;
             n.reason = Some("expired: expires_at passed before the send was due".into());
+            count_campaign_final(n, 1, writes);
             writes.push(Write::PutNotification(Arc::new(n.clone())));
             self.open.remove(id);
             left.push((id.to_string(), due_ms, self.leave_scheduled(id)));
@@ -228,8 +229,11 @@ impl ShardState {
         notification.updated_at = now;
         let landed = self.leave_scheduled(&id);
         let ctx = self.ctx.clone();
+        let mut writes = Vec::with_capacity(2);
+        count_campaign_final(&notification, 1, &mut writes);
+        writes.push(Write::PutNotification(Arc::new(notification)));
         self.ctx.submit(
-            vec![Write::PutNotification(Arc::new(notification))],
+            writes,
             Box::new(move |result| {
                 if result.is_ok() {
                     landed.store(ctx.sched_reads.load(Ordering::Acquire), Ordering::Release);

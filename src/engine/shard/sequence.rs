@@ -130,6 +130,7 @@ impl ShardState {
             send_at: None,
             reason: None,
             sequence: Some(StepRef { sequence_id: sequence_id.to_string(), step: index }),
+            campaign: None,
             created_at: now,
             updated_at: now,
         };

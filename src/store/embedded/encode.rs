@@ -1,11 +1,12 @@
 //! Turns [`Write`]s into [`Op`]s on the submitting thread: records become JSON bytes and every fact the writer
-//! needs for index maintenance (seq, open, scheduled or final, dead or not, expiry, unread) is pulled out beforehand, so
-//! the single writer thread mostly does B-tree work (only read marks decode and rewrite an inbox item there).
+//! needs for index maintenance (seq, open, scheduled or final, dead or not, expiry, unread, tags, active) is
+//! pulled out beforehand, so the single writer thread mostly does B-tree work (only read marks decode and
+//! rewrite an inbox item there).
 
 use jiff::Timestamp;
 
 use super::tables::idempotency_value;
-use crate::domain::DeliveryStatus;
+use crate::domain::{DeliveryStatus, NotificationStatus};
 pub use crate::store::codec::{from_json, to_json};
 use crate::store::{Placement, StoreError, Write};
 
@@ -14,6 +15,7 @@ use crate::store::{Placement, StoreError, Write};
 pub enum Op {
     User {
         id: String,
+        tags: Vec<String>,
         json: Vec<u8>,
     },
     Template {
@@ -61,6 +63,21 @@ pub enum Op {
         open: bool,
         json: Vec<u8>,
     },
+    Campaign {
+        id: String,
+        active: bool,
+        json: Vec<u8>,
+    },
+    AudiencePage {
+        campaign: String,
+        page: u32,
+        json: Vec<u8>,
+    },
+    CampaignFinal {
+        campaign: String,
+        status: NotificationStatus,
+        delta: i64,
+    },
 }
 
 /// Encodes a submission. Fails only if a record cannot be serialized, which the domain types never cause.
@@ -70,7 +87,7 @@ pub fn encode(writes: Vec<Write>) -> Result<Vec<Op>, StoreError> {
 
 fn encode_one(write: Write) -> Result<Op, StoreError> {
     Ok(match write {
-        Write::PutUser(user) => Op::User { json: to_json(&*user)?, id: user.id.clone() },
+        Write::PutUser(user) => Op::User { json: to_json(&*user)?, id: user.id.clone(), tags: user.tags.clone() },
         Write::PutTemplate(template) => Op::Template { json: to_json(&*template)?, id: template.id.clone() },
         Write::PutNotification(n) => {
             let placement = Placement::of(&n);
@@ -105,5 +122,12 @@ fn encode_one(write: Write) -> Result<Op, StoreError> {
         Write::PutSequence(sequence) => {
             Op::Sequence { json: to_json(&*sequence)?, id: sequence.id.clone(), open: !sequence.status.is_final() }
         }
+        Write::PutCampaign(campaign) => {
+            Op::Campaign { json: to_json(&*campaign)?, id: campaign.id.clone(), active: campaign.status.is_active() }
+        }
+        Write::PutAudiencePage { campaign, page, user_ids } => {
+            Op::AudiencePage { json: to_json(&user_ids)?, campaign, page }
+        }
+        Write::CountCampaignFinal { campaign, status, delta } => Op::CampaignFinal { campaign, status, delta },
     })
 }

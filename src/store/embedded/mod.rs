@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use redb::{Database, ReadTransaction, ReadableDatabase};
 
-use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
+use crate::domain::{Campaign, Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
 use crate::store::{CommitCallback, Page, ScheduleCursor, Store, StoreError, StoredNotification, Write};
 use tables::db_error;
 use writer::{Submission, WriterStats};
@@ -185,6 +185,25 @@ impl Store for EmbeddedStore {
 
     async fn open_sequences(&self) -> Result<Vec<Sequence>, StoreError> {
         self.read(read::open_sequences).await
+    }
+
+    async fn campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
+        let id = id.to_string();
+        self.read(move |txn| read::campaign(txn, &id)).await
+    }
+
+    async fn active_campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
+        self.read(read::active_campaigns).await
+    }
+
+    async fn audience_page(&self, id: &str, page: u32) -> Result<Option<Vec<String>>, StoreError> {
+        let id = id.to_string();
+        self.read(move |txn| read::audience_page(txn, &id, page)).await
+    }
+
+    async fn user_ids(&self, after: Option<&str>, tag: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        let (after, tag) = (after.map(str::to_string), tag.map(str::to_string));
+        self.read(move |txn| read::user_ids(txn, after.as_deref(), tag.as_deref(), limit)).await
     }
 
     async fn max_seq(&self) -> Result<u64, StoreError> {

@@ -9,7 +9,9 @@ use redb::{ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction, ReadableTable}
 
 use super::encode::from_json;
 use super::tables::*;
-use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
+use crate::domain::{
+    Campaign, Channel, Delivery, FinalCounts, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User,
+};
 use crate::store::{Page, ScheduleCursor, StoreError, StoredNotification};
 
 type Records = ReadOnlyTable<&'static str, &'static [u8]>;
@@ -207,6 +209,72 @@ pub fn open_sequences(txn: &ReadTransaction) -> Result<Vec<Sequence>, StoreError
         result.push(sequence);
     }
     Ok(result)
+}
+
+pub fn campaign(txn: &ReadTransaction, id: &str) -> Result<Option<Campaign>, StoreError> {
+    let finals = txn.open_table(CAMPAIGN_FINALS).map_err(db_error)?;
+    let campaign = record(&txn.open_table(CAMPAIGNS).map_err(db_error)?, id, "campaign")?;
+    campaign.map(|c| with_finals(c, &finals)).transpose()
+}
+
+pub fn active_campaigns(txn: &ReadTransaction) -> Result<Vec<Campaign>, StoreError> {
+    let active = txn.open_table(ACTIVE_CAMPAIGNS).map_err(db_error)?;
+    let campaigns = txn.open_table(CAMPAIGNS).map_err(db_error)?;
+    let finals = txn.open_table(CAMPAIGN_FINALS).map_err(db_error)?;
+    let mut result = Vec::new();
+    for entry in active.iter().map_err(db_error)? {
+        let (id, _) = entry.map_err(db_error)?;
+        let id = id.value();
+        let campaign = record(&campaigns, id, "campaign")?
+            .ok_or_else(|| StoreError::Corrupt(format!("active campaign index names missing campaign {id}")))?;
+        result.push(with_finals(campaign, &finals)?);
+    }
+    Ok(result)
+}
+
+fn with_finals(
+    mut campaign: Campaign,
+    finals: &ReadOnlyTable<&'static str, (u64, u64, u64)>,
+) -> Result<Campaign, StoreError> {
+    if let Some(value) = finals.get(campaign.id.as_str()).map_err(db_error)? {
+        let (completed, failed, cancelled) = value.value();
+        campaign.finals = FinalCounts { completed, failed, cancelled };
+    }
+    Ok(campaign)
+}
+
+pub fn audience_page(txn: &ReadTransaction, id: &str, page: u32) -> Result<Option<Vec<String>>, StoreError> {
+    let pages = txn.open_table(AUDIENCE_PAGES).map_err(db_error)?;
+    pages.get((id, page)).map_err(db_error)?.map(|v| from_json("audience page", v.value())).transpose()
+}
+
+/// From the users table itself (keys only) for all users, from `users_by_tag` for a tag.
+pub fn user_ids(
+    txn: &ReadTransaction,
+    after: Option<&str>,
+    tag: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let mut ids = Vec::with_capacity(limit.min(1024));
+    match tag {
+        None => {
+            let users = txn.open_table(USERS).map_err(db_error)?;
+            let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+            for entry in users.range::<&str>((start, Bound::Unbounded)).map_err(db_error)?.take(limit) {
+                ids.push(entry.map_err(db_error)?.0.value().to_string());
+            }
+        }
+        Some(tag) => {
+            let by_tag = txn.open_table(USERS_BY_TAG).map_err(db_error)?;
+            let start = after.map_or(Bound::Included((tag, "")), |a| Bound::Excluded((tag, a)));
+            let next = successor(tag);
+            let end = Bound::Excluded((next.as_str(), ""));
+            for entry in by_tag.range::<(&str, &str)>((start, end)).map_err(db_error)?.take(limit) {
+                ids.push(entry.map_err(db_error)?.0.value().1.to_string());
+            }
+        }
+    }
+    Ok(ids)
 }
 
 pub fn max_seq(txn: &ReadTransaction) -> Result<u64, StoreError> {

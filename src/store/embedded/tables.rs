@@ -46,6 +46,19 @@ pub const UNREAD_COUNT: TableDefinition<&str, u64> = TableDefinition::new("unrea
 pub const SEQUENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sequences");
 /// Ids of the sequences whose status is not final, in id (creation) order.
 pub const OPEN_SEQUENCES: TableDefinition<&str, ()> = TableDefinition::new("open_sequences");
+/// (tag, user id) of every tag a user carries: [`crate::store::Store::user_ids`] with a tag pages through it.
+pub const USERS_BY_TAG: TableDefinition<(&str, &str), ()> = TableDefinition::new("users_by_tag");
+/// (user id, tag): the same pairs the other way round, so a changed user's old tags are found without decoding
+/// the old record.
+pub const USER_TAGS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_tags");
+/// Campaign id → `Campaign` (JSON).
+pub const CAMPAIGNS: TableDefinition<&str, &[u8]> = TableDefinition::new("campaigns");
+/// Ids of the campaigns whose status is active (scheduled, running, paused), in id (creation) order.
+pub const ACTIVE_CAMPAIGNS: TableDefinition<&str, ()> = TableDefinition::new("active_campaigns");
+/// (campaign id, page) → the page's user ids (JSON array), while the campaign is active.
+pub const AUDIENCE_PAGES: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("audience_pages");
+/// Campaign id → (completed, failed, cancelled): its notifications' final statuses.
+pub const CAMPAIGN_FINALS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("campaign_finals");
 /// Small named counters: [`MAX_SEQ`].
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

@@ -53,6 +53,7 @@ fn notification(id: &str, seq: u64, status: NotificationStatus) -> Arc<Notificat
         send_at: None,
         reason: None,
         sequence: None,
+        campaign: None,
         created_at: Timestamp::UNIX_EPOCH,
         updated_at: Timestamp::UNIX_EPOCH,
     })

@@ -16,7 +16,7 @@ use redb::{Database, Durability, MultimapTable, ReadableTable, Table, WriteTrans
 
 use super::encode::{Op, from_json, to_json};
 use super::tables::*;
-use crate::domain::InboxItem;
+use crate::domain::{FinalCounts, InboxItem, NotificationStatus};
 use crate::store::{CommitCallback, StoreError};
 
 /// Expired idempotency entries removed per commit at most, so purging never makes one commit slow.
@@ -130,6 +130,12 @@ struct WriteTables<'txn> {
     unread_count: Table<'txn, &'static str, u64>,
     sequences: Records<'txn>,
     open_sequences: Table<'txn, &'static str, ()>,
+    users_by_tag: PairSet<'txn>,
+    user_tags: PairSet<'txn>,
+    campaigns: Records<'txn>,
+    active_campaigns: Table<'txn, &'static str, ()>,
+    audience_pages: Table<'txn, (&'static str, u32), &'static [u8]>,
+    campaign_finals: Table<'txn, &'static str, (u64, u64, u64)>,
     meta: Table<'txn, &'static str, u64>,
     max_seq: u64,
     max_seq_stored: u64,
@@ -157,6 +163,12 @@ impl<'txn> WriteTables<'txn> {
             unread_count: txn.open_table(UNREAD_COUNT).map_err(db_error)?,
             sequences: txn.open_table(SEQUENCES).map_err(db_error)?,
             open_sequences: txn.open_table(OPEN_SEQUENCES).map_err(db_error)?,
+            users_by_tag: txn.open_table(USERS_BY_TAG).map_err(db_error)?,
+            user_tags: txn.open_table(USER_TAGS).map_err(db_error)?,
+            campaigns: txn.open_table(CAMPAIGNS).map_err(db_error)?,
+            active_campaigns: txn.open_table(ACTIVE_CAMPAIGNS).map_err(db_error)?,
+            audience_pages: txn.open_table(AUDIENCE_PAGES).map_err(db_error)?,
+            campaign_finals: txn.open_table(CAMPAIGN_FINALS).map_err(db_error)?,
             meta,
             max_seq,
             max_seq_stored: max_seq,
@@ -165,7 +177,10 @@ impl<'txn> WriteTables<'txn> {
 
     fn apply(&mut self, op: &Op) -> Result<(), StoreError> {
         match op {
-            Op::User { id, json } => put(&mut self.users, id, json),
+            Op::User { id, tags, json } => {
+                put(&mut self.users, id, json)?;
+                self.retag(id, tags)
+            }
             Op::Template { id, json } => put(&mut self.templates, id, json),
             Op::Notification { id, seq, open, scheduled, json } => {
                 self.put_notification(id, *seq, *open, json)?;
@@ -198,7 +213,63 @@ impl<'txn> WriteTables<'txn> {
                 .map(drop)
                 .map_err(db_error)
             }
+            Op::Campaign { id, active, json } => self.put_campaign(id, *active, json),
+            Op::AudiencePage { campaign, page, json } => {
+                self.audience_pages.insert((campaign.as_str(), *page), json.as_slice()).map(drop).map_err(db_error)
+            }
+            Op::CampaignFinal { campaign, status, delta } => self.count_final(campaign, *status, *delta),
         }
+    }
+
+    /// Makes the tag index say exactly `tags` for user `id`, finding the old tags through `user_tags`.
+    fn retag(&mut self, id: &str, tags: &[String]) -> Result<(), StoreError> {
+        let next = successor(id);
+        let old: Vec<String> = self
+            .user_tags
+            .range::<(&str, &str)>((id, "")..(next.as_str(), ""))
+            .map_err(db_error)?
+            .map(|entry| entry.map(|(key, _)| key.value().1.to_string()))
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?;
+        for tag in old.iter().filter(|t| !tags.contains(t)) {
+            self.user_tags.remove((id, tag.as_str())).map_err(db_error)?;
+            self.users_by_tag.remove((tag.as_str(), id)).map_err(db_error)?;
+        }
+        for tag in tags.iter().filter(|t| !old.contains(t)) {
+            self.user_tags.insert((id, tag.as_str()), ()).map_err(db_error)?;
+            self.users_by_tag.insert((tag.as_str(), id), ()).map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the record; an active campaign is in `active_campaigns`, one that ended loses its audience pages.
+    fn put_campaign(&mut self, id: &str, active: bool, json: &[u8]) -> Result<(), StoreError> {
+        put(&mut self.campaigns, id, json)?;
+        if active {
+            self.active_campaigns.insert(id, ()).map_err(db_error)?;
+            return Ok(());
+        }
+        self.active_campaigns.remove(id).map_err(db_error)?;
+        let pages: Vec<u32> = self
+            .audience_pages
+            .range::<(&str, u32)>((id, 0)..=(id, u32::MAX))
+            .map_err(db_error)?
+            .map(|entry| entry.map(|(key, _)| key.value().1))
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?;
+        for page in pages {
+            self.audience_pages.remove((id, page)).map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    fn count_final(&mut self, campaign: &str, status: NotificationStatus, delta: i64) -> Result<(), StoreError> {
+        let (completed, failed, cancelled) =
+            self.campaign_finals.get(campaign).map_err(db_error)?.map_or((0, 0, 0), |v| v.value());
+        let mut counts = FinalCounts { completed, failed, cancelled };
+        counts.add(status, delta);
+        let value = (counts.completed, counts.failed, counts.cancelled);
+        self.campaign_finals.insert(campaign, value).map(drop).map_err(db_error)
     }
 
     fn put_notification(&mut self, id: &str, seq: u64, open: bool, json: &[u8]) -> Result<(), StoreError> {

@@ -5,9 +5,19 @@ use ::redis::Cmd;
 
 use super::keys::{Keys, scheduled_member};
 use super::scripts::{self, LuaScript};
-use crate::domain::DeliveryStatus;
+use crate::domain::{DeliveryStatus, NotificationStatus};
 use crate::store::codec::to_json;
 use crate::store::{Placement, StoreError, Write};
+
+/// The field of a campaign's finals hash ([`Keys::campaign_finals`]) that counts `status`.
+pub fn final_field(status: NotificationStatus) -> Option<&'static str> {
+    match status {
+        NotificationStatus::Completed => Some("completed"),
+        NotificationStatus::Failed => Some("failed"),
+        NotificationStatus::Cancelled => Some("cancelled"),
+        _ => None,
+    }
+}
 
 /// What the encoding depends on besides the writes.
 #[derive(Clone, Debug)]
@@ -48,7 +58,14 @@ pub fn encode(layout: &Layout, writes: Vec<Write>, now_ms: i64) -> Result<Encode
     for write in writes {
         match write {
             Write::PutUser(user) => {
-                out.cmd("HSET").arg(keys.users()).arg(&user.id).arg(to_json(&*user)?);
+                out.script(scripts::put_user(), 3)
+                    .arg(keys.users())
+                    .arg(keys.user_ids())
+                    .arg(keys.user_tags())
+                    .arg(&user.id)
+                    .arg(to_json(&*user)?)
+                    .arg(keys.tag_prefix())
+                    .arg(user.tags.join(" "));
             }
             Write::PutTemplate(template) => {
                 out.cmd("HSET").arg(keys.templates()).arg(&template.id).arg(to_json(&*template)?);
@@ -139,6 +156,23 @@ pub fn encode(layout: &Layout, writes: Vec<Write>, now_ms: i64) -> Result<Encode
                     // A plain SET also drops an expiry left by an earlier final put.
                     out.cmd("SET").arg(key).arg(json);
                     out.cmd("ZADD").arg(keys.open_sequences()).arg(0).arg(&sequence.id);
+                }
+            }
+            Write::PutCampaign(campaign) => {
+                out.cmd("SET").arg(keys.campaign(&campaign.id)).arg(to_json(&*campaign)?);
+                if campaign.status.is_active() {
+                    out.cmd("ZADD").arg(keys.active_campaigns()).arg(0).arg(&campaign.id);
+                } else {
+                    out.cmd("ZREM").arg(keys.active_campaigns()).arg(&campaign.id);
+                    out.cmd("DEL").arg(keys.audience(&campaign.id));
+                }
+            }
+            Write::PutAudiencePage { campaign, page, user_ids } => {
+                out.cmd("HSET").arg(keys.audience(&campaign)).arg(page).arg(to_json(&user_ids)?);
+            }
+            Write::CountCampaignFinal { campaign, status, delta } => {
+                if let Some(field) = final_field(status) {
+                    out.cmd("HINCRBY").arg(keys.campaign_finals(&campaign)).arg(field).arg(delta);
                 }
             }
         }

@@ -28,6 +28,47 @@ impl Keys {
         self.key("users", "")
     }
 
+    /// Sorted set, all scores 0: every user id, for paging all users in id order.
+    pub fn user_ids(&self) -> String {
+        self.key("users:ids", "")
+    }
+
+    /// Hash: user id → the user's tags, space-separated (absent without tags), so a changed user's old tags are
+    /// found without decoding the old record.
+    pub fn user_tags(&self) -> String {
+        self.key("users:tags", "")
+    }
+
+    /// Sorted set, all scores 0: the ids of the users carrying `tag`.
+    pub fn tag(&self, tag: &str) -> String {
+        self.key("tag:", tag)
+    }
+
+    /// The prefix of [`Keys::tag`], for the script that builds tag keys from the tags it reads.
+    pub fn tag_prefix(&self) -> String {
+        self.key("tag:", "")
+    }
+
+    /// String: `Campaign` JSON (without its final counts).
+    pub fn campaign(&self, id: &str) -> String {
+        self.key("campaign:", id)
+    }
+
+    /// Sorted set, all scores 0: the ids of the campaigns whose status is active.
+    pub fn active_campaigns(&self) -> String {
+        self.key("campaigns", "")
+    }
+
+    /// Hash: page number → JSON array of user ids, a campaign's explicit audience while it is active.
+    pub fn audience(&self, campaign_id: &str) -> String {
+        self.key("audience:", campaign_id)
+    }
+
+    /// Hash: `completed`/`failed`/`cancelled` → count of a campaign's notifications in that final status.
+    pub fn campaign_finals(&self, campaign_id: &str) -> String {
+        self.key("finals:", campaign_id)
+    }
+
     /// Hash: template id → `Template` JSON.
     pub fn templates(&self) -> String {
         self.key("templates", "")

@@ -29,7 +29,7 @@ use jiff::Timestamp;
 use tokio::sync::mpsc::{self, UnboundedSender};
 
 use crate::config::RedisSettings;
-use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
+use crate::domain::{Campaign, Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
 use crate::store::{CommitCallback, Page, ScheduleCursor, Store, StoreError, StoredNotification, Write};
 use encode::Layout;
 use keys::Keys;
@@ -68,6 +68,11 @@ impl RedisStore {
         .await?;
 
         let keys = Keys::new(&settings.prefix);
+        // Not bounded as a whole: it reads every user id once, in round trips each bounded by the connection.
+        let backfilled = read::backfill_user_ids(&mut conn, &keys).await?;
+        if backfilled > 0 {
+            tracing::info!(users = backfilled, "indexed user ids written before the index existed");
+        }
         let stats = Arc::new(WriterStats::default());
         let (queue, receiver) = mpsc::unbounded_channel();
         let writer = Writer {
@@ -195,6 +200,22 @@ impl Store for RedisStore {
     /// Not bounded by one command timeout as a whole, like `open_notifications`.
     async fn open_sequences(&self) -> Result<Vec<Sequence>, StoreError> {
         read::open_sequences(&mut self.conn.clone(), &self.layout.keys).await
+    }
+
+    async fn campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
+        self.read("campaign", |mut c, k| async move { read::campaign(&mut c, k, id).await }).await
+    }
+
+    async fn active_campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
+        self.read("active_campaigns", |mut c, k| async move { read::active_campaigns(&mut c, k).await }).await
+    }
+
+    async fn audience_page(&self, id: &str, page: u32) -> Result<Option<Vec<String>>, StoreError> {
+        self.read("audience_page", |mut c, k| async move { read::audience_page(&mut c, k, id, page).await }).await
+    }
+
+    async fn user_ids(&self, after: Option<&str>, tag: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.read("user_ids", |mut c, k| async move { read::user_ids(&mut c, k, after, tag, limit).await }).await
     }
 
     async fn max_seq(&self) -> Result<u64, StoreError> {

@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 
 use super::keys::{Keys, scheduled_member, scheduled_until};
 use super::unavailable;
-use crate::domain::{Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
+use crate::domain::{
+    Campaign, Channel, Delivery, FinalCounts, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User,
+};
 use crate::store::codec::from_json;
 use crate::store::{Page, ScheduleCursor, StoreError, StoredNotification};
 
@@ -226,6 +228,91 @@ pub async fn open_sequences(conn: &mut ConnectionManager, keys: &Keys) -> Result
     let ids: Vec<String> = query(conn, ::redis::cmd("ZRANGE").arg(keys.open_sequences()).arg(0).arg(-1)).await?;
     let records = mget(conn, &ids.iter().map(|id| keys.sequence(id)).collect::<Vec<_>>()).await?;
     records.into_iter().flatten().map(|bytes| from_json("sequence", &bytes)).collect()
+}
+
+pub async fn campaign(conn: &mut ConnectionManager, keys: &Keys, id: &str) -> Result<Option<Campaign>, StoreError> {
+    Ok(load_campaigns(conn, keys, &[id.to_string()]).await?.pop().flatten())
+}
+
+/// The active index, then the records and their counts. An active campaign is never deleted, so a record
+/// missing by the second read would be a corrupt index; it is left out rather than failing the start.
+pub async fn active_campaigns(conn: &mut ConnectionManager, keys: &Keys) -> Result<Vec<Campaign>, StoreError> {
+    let ids: Vec<String> = query(conn, ::redis::cmd("ZRANGE").arg(keys.active_campaigns()).arg(0).arg(-1)).await?;
+    Ok(load_campaigns(conn, keys, &ids).await?.into_iter().flatten().collect())
+}
+
+/// Records, then their final counts: two round trips per chunk.
+async fn load_campaigns(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    ids: &[String],
+) -> Result<Vec<Option<Campaign>>, StoreError> {
+    let mut result = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        let records = mget(conn, &chunk.iter().map(|id| keys.campaign(id)).collect::<Vec<_>>()).await?;
+        let mut pipe = ::redis::pipe();
+        for id in chunk {
+            pipe.cmd("HMGET").arg(keys.campaign_finals(id)).arg(&["completed", "failed", "cancelled"]);
+        }
+        let counts: Vec<Vec<Option<i64>>> = pipe.query_async(conn).await.map_err(|e| unavailable("read", e))?;
+        for (record, counts) in records.into_iter().zip(counts) {
+            // A DLQ replay's -1 may land before the +1 it takes back only if commits were reordered; never below 0.
+            let count = |i: usize| counts.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
+            let campaign = record.map(|bytes| from_json::<Campaign>("campaign", &bytes)).transpose()?;
+            result.push(campaign.map(|mut c| {
+                c.finals = FinalCounts { completed: count(0), failed: count(1), cancelled: count(2) };
+                c
+            }));
+        }
+    }
+    Ok(result)
+}
+
+pub async fn audience_page(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    id: &str,
+    page: u32,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let bytes: Option<Bytes> = query(conn, ::redis::cmd("HGET").arg(keys.audience(id)).arg(page)).await?;
+    bytes.map(|b| from_json("audience page", &b)).transpose()
+}
+
+/// One `ZRANGEBYLEX` of the user id index or of the tag's set.
+pub async fn user_ids(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    after: Option<&str>,
+    tag: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let key = tag.map_or_else(|| keys.user_ids(), |t| keys.tag(t));
+    let min = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+    query(conn, ::redis::cmd("ZRANGEBYLEX").arg(key).arg(min).arg("+").arg("LIMIT").arg(0).arg(limit)).await
+}
+
+/// Adds every user of the users hash to the user id index: a store written before the index existed has
+/// users but no index. Cheap when they agree (two counts).
+pub async fn backfill_user_ids(conn: &mut ConnectionManager, keys: &Keys) -> Result<usize, StoreError> {
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("HLEN").arg(keys.users()).cmd("ZCARD").arg(keys.user_ids());
+    let (users, indexed): (u64, u64) = pipe.query_async(conn).await.map_err(|e| unavailable("read", e))?;
+    if users == indexed {
+        return Ok(0);
+    }
+    let ids: Vec<String> = query(conn, ::redis::cmd("HKEYS").arg(keys.users())).await?;
+    for chunk in ids.chunks(CHUNK) {
+        let mut zadd = ::redis::cmd("ZADD");
+        zadd.arg(keys.user_ids());
+        for id in chunk {
+            zadd.arg(0).arg(id);
+        }
+        query::<()>(conn, &zadd).await?;
+    }
+    Ok(ids.len())
 }
 
 pub async fn max_seq(conn: &mut ConnectionManager, keys: &Keys) -> Result<u64, StoreError> {

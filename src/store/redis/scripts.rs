@@ -6,8 +6,8 @@
 //! failed with NOSCRIPT inside EXEC would leave the rest of the transaction applied. Loading a cached script
 //! is a hash lookup, paid once per batch, not per write.
 //!
-//! The scripts touch keys they derive from ids they read (delivery keys), so they assume one Redis (or a
-//! primary with replicas), not Redis Cluster.
+//! The scripts touch keys they derive from ids they read (delivery keys, tag keys), so they assume one Redis (or
+//! a primary with replicas), not Redis Cluster.
 
 use std::sync::LazyLock;
 
@@ -132,14 +132,35 @@ redis.call('DEL', KEYS[1])
 return 0
 "#;
 
+/// KEYS: users, user_ids, user_tags. ARGV: id, json, tag key prefix, tags (space-separated; tags have no spaces).
+///
+/// Puts the record and its id, then moves the user between tag sets: out of the ones it lost (read from
+/// `user_tags`), into the ones it has.
+const PUT_USER: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+local new = {}
+for tag in string.gmatch(ARGV[4], '%S+') do new[tag] = true end
+local old = redis.call('HGET', KEYS[3], ARGV[1])
+if old then
+  for tag in string.gmatch(old, '%S+') do
+    if not new[tag] then redis.call('ZREM', ARGV[3] .. tag, ARGV[1]) end
+  end
+end
+for tag in pairs(new) do redis.call('ZADD', ARGV[3] .. tag, 0, ARGV[1]) end
+if ARGV[4] == '' then redis.call('HDEL', KEYS[3], ARGV[1]) else redis.call('HSET', KEYS[3], ARGV[1], ARGV[4]) end
+return 0
+"#;
+
 /// Every script, indexed by its bit.
-pub static SCRIPTS: LazyLock<[LuaScript; 5]> = LazyLock::new(|| {
+pub static SCRIPTS: LazyLock<[LuaScript; 6]> = LazyLock::new(|| {
     [
         LuaScript::new(PUT_NOTIFICATION, 0),
         LuaScript::new(PUT_DELIVERY, 1),
         LuaScript::new(PUT_INBOX_ITEM, 2),
         LuaScript::new(MARK_READ, 3),
         LuaScript::new(MARK_ALL_READ, 4),
+        LuaScript::new(PUT_USER, 5),
     ]
 });
 
@@ -157,4 +178,7 @@ pub fn mark_read() -> &'static LuaScript {
 }
 pub fn mark_all_read() -> &'static LuaScript {
     &SCRIPTS[4]
+}
+pub fn put_user() -> &'static LuaScript {
+    &SCRIPTS[5]
 }

@@ -24,13 +24,22 @@ fn keys_of_different_kinds_never_collide() {
     assert_ne!(keys.idempotency_index(), keys.idempotency("potency"));
     assert_eq!(keys.delivery("d1"), format!("{}d1", keys.delivery_prefix()));
     assert!(keys.users().starts_with("h:"));
+    assert_ne!(keys.campaign("s"), keys.active_campaigns());
+    assert_ne!(keys.audience("x"), keys.campaign_finals("x"));
+    assert_ne!(keys.user_ids(), keys.users());
+    assert_eq!(keys.tag("vip"), format!("{}vip", keys.tag_prefix()));
 }
 
 #[test]
 fn encoding_marks_the_scripts_a_submission_calls() {
+    let count = Write::CountCampaignFinal { campaign: "c1".into(), status: NotificationStatus::Failed, delta: 1 };
+    let plain = encode(&layout(), vec![count], 0).unwrap();
+    assert_eq!((plain.cmds.len(), plain.scripts, plain.writes), (1, 0, 1), "HINCRBY, no script");
     let user = Write::PutUser(Arc::new(User::new("u1".into(), jiff::Timestamp::UNIX_EPOCH)));
-    let plain = encode(&layout(), vec![user], 0).unwrap();
-    assert_eq!((plain.cmds.len(), plain.scripts, plain.writes), (1, 0, 1));
+    let user = encode(&layout(), vec![user], 0).unwrap();
+    assert_eq!((user.cmds.len(), user.scripts), (1, 1 << SCRIPTS[5].bit), "tag upkeep reads the old tags");
+    let ignored = Write::CountCampaignFinal { campaign: "c1".into(), status: NotificationStatus::Accepted, delta: 1 };
+    assert!(encode(&layout(), vec![ignored], 0).unwrap().cmds.is_empty(), "a status that is not final");
 
     let mark = Write::MarkAllInboxRead { user_id: "u1".into(), at: jiff::Timestamp::UNIX_EPOCH };
     let empty_mark = Write::MarkInboxRead { user_id: "u1".into(), ids: vec![], at: jiff::Timestamp::UNIX_EPOCH };
