@@ -135,6 +135,7 @@ fn pairs(size: usize) -> Vec<Vec<Write>> {
                 send_at: None,
                 reason: None,
                 sequence: None,
+                campaign: None,
                 created_at: now,
                 updated_at: now,
             };

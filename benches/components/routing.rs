@@ -102,6 +102,7 @@ fn notification(owner: &str, category: Category, channels: &[Channel], now: Time
         send_at: None,
         reason: None,
         sequence: None,
+        campaign: None,
         created_at: now,
         updated_at: now,
     }

@@ -62,6 +62,7 @@ fn request(template: &Arc<Template>, params: BTreeMap<String, String>) -> NewNot
         metadata: None,
         expires_at: None,
         send_at: None,
+        campaign: None,
     }
 }
 
