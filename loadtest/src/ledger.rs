@@ -323,7 +323,9 @@ impl Ledger {
                 State::Accepted => {
                     verdict.accepted += 1;
                     if e.answered_us >= 0 {
-                        record(&mut verdict.accept_latency, e.answered_us - e.due_us);
+                        // From the intended send: the due time of an open-loop arrival; for a notification
+                        // posted ahead of its due time (scheduled), the moment it was posted.
+                        record(&mut verdict.accept_latency, e.answered_us - e.due_us.min(e.sent_us));
                     }
                     if e.arrivals == 0 {
                         verdict.lost += 1;
@@ -464,6 +466,8 @@ mod tests {
         let v = ledger.verdict();
         assert_eq!(v.ordering_violations, 1);
         assert_eq!(Ledger::new("t", OrderBy::None).verdict().ordering_violations, 0);
+        // Posted at 0 and 5 µs, answered 10 µs later: that is their accept latency, not answer − due.
+        assert_eq!(v.accept_latency.max(), v.accept_latency.highest_equivalent(10));
     }
 
     #[test]

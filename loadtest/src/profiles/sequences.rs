@@ -176,6 +176,9 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<Outcome, String> {
 
     let mut outcome = Outcome::of(std::slice::from_ref(&ledger), start);
     let accepted = ids.iter().filter(|id| id.is_some()).count() as u64;
+    // The ledger counts steps; sequences are what was posted.
+    let last_answer = outcome.verdict("sequences").and_then(|v| v.last_answer_us);
+    outcome.accepted_per_s = last_answer.and_then(|last| crate::ledger::per_second(accepted, start, last));
     let completed = by_status.get("completed").copied().unwrap_or(0);
     outcome.details = json!({
         "rate": rate, "duration_s": duration, "steps": steps,
