@@ -99,6 +99,8 @@ pub struct Verdict {
     /// Refused or skipped messages that arrived anyway, and arrivals of indexes never planned.
     pub unexpected: u64,
     pub ordering_violations: u64,
+    /// The first few violations the ledger found itself (indexes and times), to look into.
+    pub ordering_examples: Vec<Overtaken>,
     /// Answer time − due time of accepted messages.
     pub accept_latency: Histogram<u64>,
     /// First arrival − due time of accepted messages (for scheduled messages: the lateness).
@@ -280,6 +282,7 @@ impl Ledger {
 
     pub fn verdict(&self) -> Verdict {
         let book = self.book();
+        let ordering = ordering_violations(&book.entries, self.order_by);
         let mut verdict = Verdict {
             planned: book.entries.len() as u64,
             sent: 0,
@@ -292,7 +295,8 @@ impl Ledger {
             lost: 0,
             duplicates: 0,
             unexpected: book.strays,
-            ordering_violations: ordering_violations(&book.entries, self.order_by) + book.extra_violations,
+            ordering_violations: ordering.0 + book.extra_violations,
+            ordering_examples: ordering.1,
             accept_latency: histogram(),
             e2e_latency: histogram(),
             early: 0,
@@ -342,34 +346,66 @@ impl Ledger {
     }
 }
 
+/// Most ordering violations described in a verdict.
+const EXAMPLES: usize = 5;
+
+/// One ordering violation: message `overtaken` arrived after `overtaker`, which had to come after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Overtaken {
+    pub user: u32,
+    pub lane: u8,
+    pub overtaken: u64,
+    pub overtaker: u64,
+    /// The overtaken message's bounds and the overtaker's lower bound, µs on the run's axis.
+    pub overtaken_bounds: (i64, i64),
+    pub overtaker_lower: i64,
+}
+
 /// Counts the accepted messages that arrived after a message of the same user and lane that had to come after
 /// them: in arrival order, a message is a violation when an earlier arrival's lower bound is past its upper
 /// bound. Bounds: `[sent, answered]` for acceptance order (two requests in flight together may be accepted in
-/// either order), `[due, due]` for due order.
-fn ordering_violations(entries: &[Entry], order_by: OrderBy) -> u64 {
+/// either order), `[due, due]` for due order. Returns the count and the first few violations.
+fn ordering_violations(entries: &[Entry], order_by: OrderBy) -> (u64, Vec<Overtaken>) {
     let bounds = |e: &Entry| match order_by {
         OrderBy::Acceptance => (e.sent_us, e.answered_us),
         OrderBy::Due | OrderBy::None => (e.due_us, e.due_us),
     };
     if order_by == OrderBy::None {
-        return 0;
+        return (0, Vec::new());
     }
-    let mut arrived: Vec<&Entry> =
-        entries.iter().filter(|e| e.state == State::Accepted && e.arrivals > 0 && e.sent_us >= 0).collect();
-    arrived.sort_unstable_by_key(|e| (e.user, e.lane, e.first_arrival_seq));
-    let mut violations = 0;
+    let mut arrived: Vec<(u64, &Entry)> = (0_u64..)
+        .zip(entries)
+        .filter(|(_, e)| e.state == State::Accepted && e.arrivals > 0 && e.sent_us >= 0)
+        .collect();
+    arrived.sort_unstable_by_key(|(_, e)| (e.user, e.lane, e.first_arrival_seq));
+    let (mut violations, mut examples) = (0, Vec::new());
     let mut previous: Option<(u32, u8)> = None;
-    let mut highest_lower = i64::MIN;
-    for e in arrived {
+    // The largest lower bound among the user's earlier arrivals, and whose it is.
+    let mut highest: (i64, u64) = (i64::MIN, 0);
+    for (index, e) in arrived {
         if previous != Some((e.user, e.lane)) {
             previous = Some((e.user, e.lane));
-            highest_lower = i64::MIN;
+            highest = (i64::MIN, 0);
         }
         let (lower, upper) = bounds(e);
-        violations += u64::from(highest_lower > upper);
-        highest_lower = highest_lower.max(lower);
+        if highest.0 > upper {
+            violations += 1;
+            if examples.len() < EXAMPLES {
+                examples.push(Overtaken {
+                    user: e.user,
+                    lane: e.lane,
+                    overtaken: index,
+                    overtaker: highest.1,
+                    overtaken_bounds: (lower, upper),
+                    overtaker_lower: highest.0,
+                });
+            }
+        }
+        if lower > highest.0 {
+            highest = (lower, index);
+        }
     }
-    violations
+    (violations, examples)
 }
 
 #[cfg(test)]
@@ -465,6 +501,15 @@ mod tests {
         ledger.arrive(early, 2, 2_000_200);
         let v = ledger.verdict();
         assert_eq!(v.ordering_violations, 1);
+        let example = Overtaken {
+            user: 7,
+            lane: 0,
+            overtaken: early,
+            overtaker: late,
+            overtaken_bounds: (1_000_000, 1_000_000),
+            overtaker_lower: 2_000_000,
+        };
+        assert_eq!(v.ordering_examples, [example]);
         assert_eq!(Ledger::new("t", OrderBy::None).verdict().ordering_violations, 0);
         // Posted at 0 and 5 µs, answered 10 µs later: that is their accept latency, not answer − due.
         assert_eq!(v.accept_latency.max(), v.accept_latency.highest_equivalent(10));

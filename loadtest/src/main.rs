@@ -39,7 +39,7 @@ use clap::Parser;
 use cli::{Args, Profile};
 use notify::{Answers, Ctx};
 use progress::{Counters, Progress};
-use spawn::{PeakMemory, Spawned};
+use spawn::{Spawned, Usage};
 use summary::{Latency, Percentiles, StreamSummary, Summary};
 
 /// Long enough for any answer from a loaded Herald; a request that hangs past it is counted as unanswered.
@@ -141,11 +141,11 @@ async fn run(args: Args) -> Result<bool, String> {
         Profile::Sequences => profiles::sequences::run(ctx.clone()).await,
     };
     ctx.progress.finish();
-    let memory = spawned.as_ref().map(Spawned::peak_memory).unwrap_or_default();
+    let usage = spawned.as_ref().map_or_else(Usage::own, Spawned::usage);
     drop(spawned);
     let outcome = outcome?;
 
-    let summary = summarize(&ctx, &args, outcome, raw, memory, started_at, &out);
+    let summary = summarize(&ctx, &args, outcome, raw, usage, started_at, &out);
     let json = serde_json::to_string_pretty(&summary).expect("the summary serializes");
     let path = out.join("summary.json");
     std::fs::write(&path, json + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -159,7 +159,7 @@ fn summarize(
     args: &Args,
     outcome: profiles::Outcome,
     raw: Option<raw::Raw>,
-    memory: PeakMemory,
+    usage: Usage,
     started_at: String,
     out: &std::path::Path,
 ) -> Summary {
@@ -198,13 +198,14 @@ fn summarize(
         refusals: ctx.answers.messages(),
         herald_rss_max_bytes: None,
         sandbox_rss_max_bytes: None,
+        cpu_seconds: summary::CpuSeconds::default(),
         details: outcome.details,
         timeline: timeline::build(&times, outcome.origin_us),
         problems,
         warnings,
         passed: false,
     };
-    summary.finish(memory);
+    summary.finish(usage);
     summary
 }
 

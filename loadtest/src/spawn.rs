@@ -34,11 +34,22 @@ pub struct Spawned {
     pub ca_file: PathBuf,
 }
 
-/// Peak resident memory of the spawned processes, in bytes (Linux `VmHWM`).
+/// Peak resident memory (bytes, Linux `VmHWM`) and CPU time (seconds, user + system) of the spawned
+/// processes, and this tool's own CPU time: on a shared machine, who used the cores.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct PeakMemory {
-    pub herald: Option<u64>,
-    pub sandbox: Option<u64>,
+pub struct Usage {
+    pub herald_rss_max: Option<u64>,
+    pub sandbox_rss_max: Option<u64>,
+    pub herald_cpu_s: Option<f64>,
+    pub sandbox_cpu_s: Option<f64>,
+    pub loadtest_cpu_s: Option<f64>,
+}
+
+impl Usage {
+    /// Only this tool's CPU time (the processes were not spawned).
+    pub fn own() -> Usage {
+        Usage { loadtest_cpu_s: cpu_seconds("self"), ..Usage::default() }
+    }
 }
 
 impl Spawned {
@@ -125,8 +136,16 @@ impl Spawned {
         Ok(spawned)
     }
 
-    pub fn peak_memory(&self) -> PeakMemory {
-        PeakMemory { herald: self.herald.as_ref().and_then(|h| peak_rss(h.id())), sandbox: peak_rss(self.sandbox.id()) }
+    pub fn usage(&self) -> Usage {
+        let herald = self.herald.as_ref().map(|h| h.id().to_string());
+        let sandbox = self.sandbox.id().to_string();
+        Usage {
+            herald_rss_max: herald.as_deref().and_then(peak_rss),
+            sandbox_rss_max: peak_rss(&sandbox),
+            herald_cpu_s: herald.as_deref().and_then(cpu_seconds),
+            sandbox_cpu_s: cpu_seconds(&sandbox),
+            loadtest_cpu_s: cpu_seconds("self"),
+        }
     }
 }
 
@@ -226,10 +245,25 @@ async fn wait_ready(herald: &str) -> Result<(), String> {
     }
 }
 
-/// Peak resident set of a process, from `/proc/<pid>/status`.
-fn peak_rss(pid: u32) -> Option<u64> {
+/// Peak resident set of a process (`pid` or `self`), from `/proc/<pid>/status`.
+fn peak_rss(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_vm_hwm(&status)
+}
+
+/// User plus system CPU seconds of a process (`pid` or `self`), from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    parse_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Linux's USER_HZ, the unit of `/proc/<pid>/stat` times, is 100 on every architecture it exports.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces and parentheses; the fields after its last `)` start at 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
+    Some((ticks(14)? + ticks(15)?) as f64 / TICKS_PER_SECOND)
 }
 
 fn parse_vm_hwm(status: &str) -> Option<u64> {
@@ -256,6 +290,14 @@ mod tests {
     fn peak_memory_is_read_from_proc_status() {
         assert_eq!(parse_vm_hwm("Name:\therald\nVmPeak:\t  99 kB\nVmHWM:\t  123456 kB\n"), Some(123_456 * 1024));
         assert_eq!(parse_vm_hwm("Name:\therald\n"), None);
-        assert!(peak_rss(std::process::id()).is_some_and(|bytes| bytes > 0), "this process has a peak");
+        assert!(peak_rss("self").is_some_and(|bytes| bytes > 0), "this process has a peak");
+    }
+
+    #[test]
+    fn cpu_time_is_read_from_proc_stat() {
+        let stat = "4242 (herald (x) y) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 75 0 0 20 0 9 0 1 2 3";
+        assert_eq!(parse_cpu_seconds(stat), Some(3.25));
+        assert_eq!(parse_cpu_seconds("4242 (herald) S 1"), None);
+        assert!(cpu_seconds("self").is_some());
     }
 }

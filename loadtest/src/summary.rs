@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::cli::Args;
 use crate::ledger::Verdict;
 use crate::raw::Raw;
-use crate::spawn::PeakMemory;
+use crate::spawn::Usage;
 use crate::timeline::Second;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -65,6 +65,9 @@ pub struct StreamSummary {
     pub duplicates: u64,
     pub unexpected: u64,
     pub ordering_violations: u64,
+    /// The first few ordering violations (ledger indexes = the numbers in the message bodies).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ordering_examples: Vec<crate::ledger::Overtaken>,
     pub early: u64,
     pub accepted_per_s: Option<f64>,
     pub delivered_per_s: Option<f64>,
@@ -88,6 +91,7 @@ impl StreamSummary {
             duplicates: v.duplicates,
             unexpected: v.unexpected,
             ordering_violations: v.ordering_violations,
+            ordering_examples: v.ordering_examples.clone(),
             early: v.early,
             accepted_per_s: v.accepted_per_s(),
             delivered_per_s: v.delivered_per_s(),
@@ -134,6 +138,8 @@ pub struct Summary {
     pub refusals: BTreeMap<String, String>,
     pub herald_rss_max_bytes: Option<u64>,
     pub sandbox_rss_max_bytes: Option<u64>,
+    /// CPU seconds (user + system) of Herald and the sandbox (spawned mode) and of this tool, over the run.
+    pub cpu_seconds: CpuSeconds,
     /// What only this profile reports.
     pub details: Value,
     pub timeline: Vec<Second>,
@@ -143,6 +149,13 @@ pub struct Summary {
     pub warnings: Vec<String>,
     /// No problem.
     pub passed: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct CpuSeconds {
+    pub herald: Option<f64>,
+    pub sandbox: Option<f64>,
+    pub loadtest: Option<f64>,
 }
 
 /// The problems every run checks (a profile adds its own).
@@ -182,9 +195,11 @@ pub fn warnings(streams: &[StreamSummary]) -> Vec<String> {
 
 impl Summary {
     /// Fills in the totals, the ratio and the memory, and decides whether the run passed.
-    pub fn finish(&mut self, memory: PeakMemory) {
-        self.herald_rss_max_bytes = memory.herald;
-        self.sandbox_rss_max_bytes = memory.sandbox;
+    pub fn finish(&mut self, usage: Usage) {
+        self.herald_rss_max_bytes = usage.herald_rss_max;
+        self.sandbox_rss_max_bytes = usage.sandbox_rss_max;
+        self.cpu_seconds =
+            CpuSeconds { herald: usage.herald_cpu_s, sandbox: usage.sandbox_cpu_s, loadtest: usage.loadtest_cpu_s };
         let sum = |f: fn(&StreamSummary) -> u64| self.streams.iter().map(f).sum::<u64>();
         self.lost = sum(|s| s.lost);
         self.duplicates = sum(|s| s.duplicates);
@@ -251,12 +266,16 @@ impl Summary {
             let _ = writeln!(out, "  answer {answer}: {count}{message}");
         }
         let mb = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.0} MiB", b as f64 / 1048576.0));
+        let cpu = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.1} s"));
         if self.herald_rss_max_bytes.is_some() {
             let _ = writeln!(
                 out,
-                "peak RSS: herald {}, sandbox {}",
+                "peak RSS: herald {}, sandbox {} | CPU: herald {}, sandbox {}, load tool {}",
                 mb(self.herald_rss_max_bytes),
-                mb(self.sandbox_rss_max_bytes)
+                mb(self.sandbox_rss_max_bytes),
+                cpu(self.cpu_seconds.herald),
+                cpu(self.cpu_seconds.sandbox),
+                cpu(self.cpu_seconds.loadtest)
             );
         }
         if let Some(ratio) = self.ratio {
@@ -308,6 +327,7 @@ mod tests {
             refusals: BTreeMap::new(),
             herald_rss_max_bytes: None,
             sandbox_rss_max_bytes: None,
+            cpu_seconds: CpuSeconds::default(),
             details: Value::Null,
             timeline: Vec::new(),
             problems: Vec::new(),
@@ -332,7 +352,7 @@ mod tests {
     #[test]
     fn the_json_has_the_fields_the_brief_names() {
         let mut s = summary(vec![stream(false)]);
-        s.finish(PeakMemory { herald: Some(100 << 20), sandbox: None });
+        s.finish(Usage { herald_rss_max: Some(100 << 20), ..Usage::default() });
         let json = serde_json::to_value(&s).unwrap();
         for field in [
             "profile",
@@ -367,7 +387,7 @@ mod tests {
         let problems = problems(std::slice::from_ref(&lossy));
         let mut s = summary(vec![lossy]);
         s.problems = problems;
-        s.finish(PeakMemory::default());
+        s.finish(Usage::default());
         assert_eq!((s.lost, s.passed), (1, false));
         assert_eq!(s.problems, ["steady: 1 accepted but never received (lost)"]);
         assert!(s.text().contains("FAILED"));

@@ -44,7 +44,8 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<Outcome, String> {
     let scheduling_start = ctx.clock.now_us();
     let midnight = scheduling_start + (lead_s * 1e6) as i64;
     for n in 0..count {
-        gifts.plan(n, midnight + due_offset_us(n, rate));
+        // send_at carries milliseconds: two due in the same millisecond are due together.
+        gifts.plan(n, ctx.clock.floor_ms(midnight + due_offset_us(n, rate)));
     }
     ctx.progress.phase(format!(
         "pre-scheduling {count} notifications due from {} over {duration} s (midnight in {lead_s:.0} s)",
