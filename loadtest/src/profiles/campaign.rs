@@ -179,7 +179,7 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<Outcome, String> {
 struct Watched {
     /// The last answer of `GET /v1/campaigns/{id}`.
     last: Value,
-    /// Seconds from the POST until every recipient was processed.
+    /// Seconds from the POST until every recipient was processed (to the next poll, half a second).
     fanned_out_s: Option<f64>,
     finished: bool,
 }
@@ -196,18 +196,21 @@ async fn watch(ctx: &Ctx, id: &str, ledger: &Ledger) -> Watched {
             watched.last = campaign;
         }
         let campaign = &watched.last;
+        // `total` is null while an all-users audience is still being counted.
         let (processed, total) = (campaign["progress"]["processed"].as_u64(), campaign["progress"]["total"].as_u64());
-        if watched.fanned_out_s.is_none() && processed.is_some() && processed >= total {
+        let status = campaign["status"].as_str().unwrap_or("?");
+        let fanned_out = is_final(status) || total.is_some_and(|total| processed >= Some(total));
+        if watched.fanned_out_s.is_none() && fanned_out {
             watched.fanned_out_s = Some(started.elapsed().as_secs_f64());
         }
         let (_, _, arrived) = ledger.progress();
         if arrived != last_arrived {
             (last_arrived, quiet_since) = (arrived, Instant::now());
         }
-        let status = campaign["status"].as_str().unwrap_or("?");
         if last_line.elapsed() >= PROGRESS_EVERY {
             last_line = Instant::now();
-            let progress = format!("{}/{}", processed.unwrap_or(0), total.unwrap_or(0));
+            let total = total.map_or("?".to_string(), |t| t.to_string());
+            let progress = format!("{}/{total}", processed.unwrap_or(0));
             ctx.progress.line(&format!("   campaign {status}: processed {progress}, {arrived} arrived"));
         }
         if is_final(status) && (ledger.complete() || quiet_since.elapsed() >= QUIET_AFTER_FINAL) {
