@@ -23,7 +23,7 @@ use crate::rfc3339::format_unix_ms;
 use crate::summary::Percentiles;
 
 /// The default lead assumes Herald accepts scheduled notifications at least this fast.
-const ASSUMED_ACCEPT_RATE: f64 = 5000.0;
+const ASSUMED_ACCEPT_RATE: f64 = 3000.0;
 const BASE_LEAD_S: f64 = 20.0;
 /// Tries per notification; only 429, 503 and transport errors are retried.
 const MAX_ATTEMPTS: u32 = 5;
