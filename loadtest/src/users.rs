@@ -1,60 +1,130 @@
-//! The recipients a load run sends to: `count` users named `<prefix>-<n>`, each with one Android device whose
-//! token is `<prefix>-token-<n>`, so every push notification becomes exactly one FCM message. Creating them again
-//! is harmless: the user PUT is an upsert and a device with a known token replaces itself.
+//! The recipients: users `lt-<n>`, each with what the run's channels need: an Android device `lt-token-<n>` (so
+//! a push notification is exactly one FCM message), an e-mail address, a phone number `+8210<n, 8 digits>`.
+//! Creating them again is harmless (the user PUT is an upsert, a known device token replaces itself).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
-/// The id of user number `n`.
-pub fn user_id(prefix: &str, n: usize) -> String {
-    format!("{prefix}-{n}")
+use crate::notify::{Ctx, post};
+
+pub fn user_id(n: usize) -> String {
+    format!("lt-{n}")
 }
 
-/// Creates (or refreshes) the users with `concurrency` requests in flight; the first failure is the error.
-pub async fn create(
-    http: &reqwest::Client,
-    herald: &str,
-    prefix: &str,
-    count: usize,
-    concurrency: usize,
-) -> Result<(), String> {
+pub fn token(n: usize) -> String {
+    format!("lt-token-{n}")
+}
+
+/// The user number of a device token of this tool.
+pub fn user_of_token(token: &str) -> Option<usize> {
+    token.strip_prefix("lt-token-")?.parse().ok()
+}
+
+/// A Korean mobile number in E.164, distinct for every n below 10^8.
+pub fn phone(n: usize) -> String {
+    format!("+8210{n:08}")
+}
+
+/// What the users need, from the channels they will be sent on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    pub device: bool,
+    pub email: bool,
+    pub phone: bool,
+}
+
+impl Needs {
+    pub fn of(channels: &[String]) -> Needs {
+        let has = |c: &str| channels.iter().any(|x| x == c);
+        Needs { device: has("push"), email: has("email"), phone: has("sms") || has("alimtalk") }
+    }
+}
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Creates users 0..count with `ctx.args.concurrency` requests in flight; the first failure is the error.
+pub async fn create(ctx: &Arc<Ctx>, count: usize, needs: Needs) -> Result<(), String> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
-    for _ in 0..concurrency.max(1) {
-        let (http, next, herald, prefix) = (http.clone(), next.clone(), herald.to_string(), prefix.to_string());
+    for _ in 0..ctx.args.concurrency {
+        let (ctx, next) = (ctx.clone(), next.clone());
         workers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= count {
                     return Ok::<(), String>(());
                 }
-                create_one(&http, &herald, &prefix, n).await?;
+                create_one(&ctx, n, needs).await?;
             }
         }));
     }
+    let started = Instant::now();
+    let watch = {
+        let (ctx, next) = (ctx.clone(), next.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                let done = next.load(Ordering::Relaxed).min(count);
+                let rate = done as f64 / started.elapsed().as_secs_f64();
+                ctx.progress.line(&format!("   {done}/{count} users ({rate:.0}/s)"));
+            }
+        })
+    };
+    let mut result = Ok(());
     for worker in workers {
-        worker.await.map_err(|e| format!("a user-creating task failed: {e}"))??;
+        let outcome = worker.await.map_err(|e| format!("a user-creating task failed: {e}")).and_then(|r| r);
+        if result.is_ok() {
+            result = outcome;
+        }
+    }
+    watch.abort();
+    result
+}
+
+async fn create_one(ctx: &Ctx, n: usize, needs: Needs) -> Result<(), String> {
+    let path = format!("/v1/users/{}", user_id(n));
+    let mut user = Map::new();
+    if needs.email {
+        user.insert("email".into(), json!(format!("{}@example.com", user_id(n))));
+    }
+    if needs.phone {
+        user.insert("phone".into(), json!(phone(n)));
+    }
+    let answer = post(&ctx.http, reqwest::Method::PUT, &ctx.url(&path), &Value::Object(user)).await;
+    if !matches!(answer.status, Some(200..=299)) {
+        return Err(format!("PUT {path}: {}", answer.describe()));
+    }
+    if needs.device {
+        let device = json!({"token": token(n), "platform": "android"});
+        let answer = post(&ctx.http, reqwest::Method::POST, &ctx.url(&format!("{path}/devices")), &device).await;
+        if !matches!(answer.status, Some(200..=299)) {
+            return Err(format!("POST {path}/devices: {}", answer.describe()));
+        }
     }
     Ok(())
 }
 
-async fn create_one(http: &reqwest::Client, herald: &str, prefix: &str, n: usize) -> Result<(), String> {
-    let user = format!("{herald}/v1/users/{}", user_id(prefix, n));
-    let device = json!({"token": format!("{prefix}-token-{n}"), "platform": "android"});
-    let fail = |what: &str, e: reqwest::Error| format!("{what} {user}: {e}");
-    http.put(&user)
-        .json(&json!({}))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| fail("PUT", e))?;
-    http.post(format!("{user}/devices"))
-        .json(&device)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| fail("POST devices of", e))?;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(user_of_token(&token(123)), Some(123));
+        assert_eq!(user_of_token("lt-token-x"), None);
+        assert_eq!(user_of_token("other-token-1"), None);
+        assert_eq!(phone(7), "+821000000007");
+        assert_eq!(phone(99_999_999), "+821099999999");
+    }
+
+    #[test]
+    fn channels_decide_what_a_user_needs() {
+        let needs = |list: &[&str]| Needs::of(&list.iter().map(|c| c.to_string()).collect::<Vec<_>>());
+        assert_eq!(needs(&["push"]), Needs { device: true, email: false, phone: false });
+        assert_eq!(needs(&["alimtalk"]), Needs { device: false, email: false, phone: true });
+        assert_eq!(needs(&["email", "sms"]), Needs { device: false, email: true, phone: true });
+    }
 }

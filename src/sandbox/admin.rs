@@ -41,6 +41,8 @@ struct MessagesQuery {
     to: Option<String>,
     /// Only messages with a larger `seq`.
     after: Option<u64>,
+    /// At most this many messages: a page (the first ones after `after`).
+    limit: Option<usize>,
 }
 
 async fn list_messages(
@@ -48,7 +50,10 @@ async fn list_messages(
     query: Result<Query<MessagesQuery>, QueryRejection>,
 ) -> Response {
     let Ok(Query(query)) = query else {
-        return bad_request("invalid_query", "known parameters: channel, provider, to, after (a number)");
+        return bad_request(
+            "invalid_query",
+            "known parameters: channel, provider, to, after (a number), limit (a number)",
+        );
     };
     let non_empty = |value: Option<String>| value.filter(|v| !v.is_empty());
     let channel = match non_empty(query.channel) {
@@ -65,12 +70,29 @@ async fn list_messages(
             None => return bad_request("invalid_provider", format!("unknown provider {name:?}")),
         },
     };
-    let filter = Filter { channel, provider, to: non_empty(query.to), after: query.after };
+    let filter = Filter { channel, provider, to: non_empty(query.to), after: query.after, limit: query.limit };
     Json(state.record.query(&filter)).into_response()
 }
 
-async fn clear_messages(State(state): State<Arc<SandboxState>>) -> Response {
-    Json(json!({"cleared": state.record.clear()})).into_response()
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClearQuery {
+    /// Forget only the messages with a `seq` up to this one (a reader is done with them).
+    through: Option<u64>,
+}
+
+async fn clear_messages(
+    State(state): State<Arc<SandboxState>>,
+    query: Result<Query<ClearQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return bad_request("invalid_query", "known parameters: through (a number)");
+    };
+    let cleared = match query.through {
+        Some(seq) => state.record.forget_through(seq),
+        None => state.record.clear(),
+    };
+    Json(json!({"cleared": cleared})).into_response()
 }
 
 async fn get_faults(State(state): State<Arc<SandboxState>>) -> Response {
@@ -109,6 +131,10 @@ async fn get_stats(State(state): State<Arc<SandboxState>>) -> Response {
 struct JournalQuery {
     provider: Option<String>,
     reference: Option<String>,
+    /// Only entries with a larger `seq`.
+    after: Option<u64>,
+    /// At most this many entries.
+    limit: Option<usize>,
 }
 
 /// The journal filter a query asks for, or the error code and message of the 400 answer.
@@ -116,7 +142,10 @@ fn journal_filter(
     query: Result<Query<JournalQuery>, QueryRejection>,
 ) -> Result<journal::Filter, (&'static str, String)> {
     let Ok(Query(query)) = query else {
-        return Err(("invalid_query", "known parameters: provider, reference".to_string()));
+        return Err((
+            "invalid_query",
+            "known parameters: provider, reference, after (a number), limit (a number)".to_string(),
+        ));
     };
     let provider = match query.provider.filter(|p| !p.is_empty()) {
         None => None,
@@ -125,7 +154,12 @@ fn journal_filter(
             None => return Err(("invalid_provider", format!("unknown provider {name:?}"))),
         },
     };
-    Ok(journal::Filter { provider, reference: query.reference.filter(|r| !r.is_empty()) })
+    Ok(journal::Filter {
+        provider,
+        reference: query.reference.filter(|r| !r.is_empty()),
+        after: query.after,
+        limit: query.limit,
+    })
 }
 
 async fn list_requests(

@@ -93,11 +93,17 @@ pub struct ReportEntry {
 pub(crate) struct Filter {
     pub provider: Option<ProviderKind>,
     pub reference: Option<String>,
+    /// Only entries with a larger `seq` (so a reader can page through a long log).
+    pub after: Option<u64>,
+    /// At most this many entries (the first ones in the answer's order).
+    pub limit: Option<usize>,
 }
 
 impl Filter {
-    fn matches(&self, provider: ProviderKind, reference: Option<&str>) -> bool {
-        self.provider.is_none_or(|p| p == provider) && self.reference.as_deref().is_none_or(|r| Some(r) == reference)
+    fn matches(&self, seq: u64, provider: ProviderKind, reference: Option<&str>) -> bool {
+        self.after.is_none_or(|after| seq > after)
+            && self.provider.is_none_or(|p| p == provider)
+            && self.reference.as_deref().is_none_or(|r| Some(r) == reference)
     }
 }
 
@@ -179,18 +185,27 @@ impl Journal {
             .per_provider
             .iter()
             .flatten()
-            .filter(|e| filter.matches(e.provider, e.reference.as_deref()))
+            .filter(|e| filter.matches(e.seq, e.provider, e.reference.as_deref()))
             .cloned()
             .collect();
         drop(requests);
         found.sort_by_key(|e| (e.at_ms, e.seq));
+        found.truncate(filter.limit.unwrap_or(usize::MAX));
         found
     }
 
     /// The matching reports, in log order.
     pub fn reports(&self, filter: &Filter) -> Vec<ReportEntry> {
         let reports = self.reports.lock();
-        reports.entries.iter().filter(|e| filter.matches(e.provider, e.reference.as_deref())).cloned().collect()
+        // Entries are in seq order, so `after` is a binary search rather than a scan.
+        let start = filter.after.map_or(0, |after| reports.entries.partition_point(|e| e.seq <= after));
+        reports
+            .entries
+            .range(start..)
+            .filter(|e| filter.matches(e.seq, e.provider, e.reference.as_deref()))
+            .take(filter.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect()
     }
 
     /// Forgets every request; returns how many there were. Seqs keep counting up.
@@ -340,6 +355,10 @@ mod tests {
         );
         let d2 = journal.reports(&Filter { reference: Some("d2".into()), ..Default::default() });
         assert_eq!((d2.len(), d2[0].seq, d2[0].status), (1, 2, ReportStatus::Dropped));
+        let page = journal.reports(&Filter { after: Some(1), limit: Some(5), ..Default::default() });
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+        let first = journal.reports(&Filter { limit: Some(1), ..Default::default() });
+        assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
         assert_eq!(journal.clear_reports(), 2);
         assert!(journal.reports(&Filter::default()).is_empty());
     }

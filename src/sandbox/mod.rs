@@ -17,7 +17,8 @@
 //! `invalid`, `optout` or `undeliverable`), then the address format; only then is the message recorded. (SMTP
 //! refuses recipients at RCPT time, so its address rules come before the message and its fault draw.)
 //!
-//! The record keeps every accepted message until `DELETE /_sandbox/messages`; long load runs should clear it.
+//! The record keeps every accepted message until `DELETE /_sandbox/messages` (all of it, or `?through=<seq>`);
+//! long load runs read it in pages and forget each page they read.
 
 mod admin;
 mod apns;
@@ -164,7 +165,7 @@ impl SandboxHandle {
     /// The provider requests the sandbox answered (FCM, APNs, Twilio, Bizppurio `/v3/message`), by arrival
     /// time; the most recent 100k per provider.
     pub fn requests(&self, provider: ProviderKind) -> Vec<RequestEntry> {
-        self.state.journal.requests(&journal::Filter { provider: Some(provider), reference: None })
+        self.state.journal.requests(&journal::Filter { provider: Some(provider), ..Default::default() })
     }
 
     /// Every delivery report and status callback posted, failed or dropped, in that order; the most recent 100k.

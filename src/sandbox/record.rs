@@ -1,5 +1,11 @@
 //! The record of accepted messages: what the sandbox received, in arrival order, for tests and the load
 //! generator to check order, duplicates and losses. Rejected requests never enter it (they are only counted).
+//!
+//! A record costs about 400 bytes (the struct, its strings, the ring's slack), so millions of messages are
+//! hundreds of megabytes: a long-running reader (the load generator) reads pages (`limit`) and then forgets
+//! what it read (`forget_through`), so the record only holds what nobody has read yet.
+
+use std::collections::VecDeque;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -45,6 +51,8 @@ pub(crate) struct Filter {
     pub to: Option<String>,
     /// Only records with a larger `seq` (so a poller can read incrementally).
     pub after: Option<u64>,
+    /// At most this many records (the first ones in arrival order): a page.
+    pub limit: Option<usize>,
 }
 
 impl Filter {
@@ -58,7 +66,8 @@ impl Filter {
 #[derive(Default)]
 struct Inner {
     next_seq: u64,
-    messages: Vec<ReceivedMessage>,
+    /// In seq order; the front is dropped by `forget_through`.
+    messages: VecDeque<ReceivedMessage>,
 }
 
 /// The append-only (until cleared) list of accepted messages.
@@ -75,7 +84,7 @@ impl Record {
         let mut inner = self.inner.lock();
         inner.next_seq += 1;
         let seq = inner.next_seq;
-        inner.messages.push(ReceivedMessage {
+        inner.messages.push_back(ReceivedMessage {
             seq,
             channel: provider.channel(),
             provider,
@@ -92,7 +101,7 @@ impl Record {
 
     /// A copy of every record, in arrival order.
     pub fn snapshot(&self) -> Vec<ReceivedMessage> {
-        self.inner.lock().messages.clone()
+        self.inner.lock().messages.iter().cloned().collect()
     }
 
     /// A copy of the matching records, in arrival order.
@@ -100,14 +109,27 @@ impl Record {
         let inner = self.inner.lock();
         // Seqs are increasing, so `after` is a binary search rather than a scan.
         let start = filter.after.map_or(0, |after| inner.messages.partition_point(|m| m.seq <= after));
-        inner.messages[start..].iter().filter(|m| filter.matches(m)).cloned().collect()
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        inner.messages.range(start..).filter(|m| filter.matches(m)).take(limit).cloned().collect()
+    }
+
+    /// Forgets every record with a `seq` up to `seq` (a reader is done with them); returns how many.
+    pub fn forget_through(&self, seq: u64) -> usize {
+        let mut inner = self.inner.lock();
+        let end = inner.messages.partition_point(|m| m.seq <= seq);
+        inner.messages.drain(..end);
+        if inner.messages.capacity() > 4 * inner.messages.len().max(1024) {
+            // A drained burst should not pin its peak memory.
+            inner.messages.shrink_to_fit();
+        }
+        end
     }
 
     /// Forgets every record; returns how many there were. Seqs keep counting up.
     pub fn clear(&self) -> usize {
         let mut inner = self.inner.lock();
         let cleared = inner.messages.len();
-        inner.messages = Vec::new();
+        inner.messages = VecDeque::new();
         cleared
     }
 }
@@ -154,5 +176,21 @@ mod tests {
         let later = record.query(&Filter { after: Some(2), ..Default::default() });
         assert_eq!(later.iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 4]);
         assert_eq!(later[0].channel, Channel::Sms);
+        let page = record.query(&Filter { after: Some(1), limit: Some(2), ..Default::default() });
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
+    }
+
+    #[test]
+    fn a_reader_forgets_what_it_read() {
+        let record = Record::default();
+        for to in ["a", "b", "c", "d"] {
+            record.push(ProviderKind::Fcm, incoming(to));
+        }
+        assert_eq!(record.forget_through(2), 2);
+        assert_eq!(record.forget_through(2), 0, "forgetting again changes nothing");
+        assert_eq!(record.snapshot().iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(record.query(&Filter { after: Some(1), ..Default::default() }).len(), 2);
+        assert_eq!(record.forget_through(10), 2);
+        assert_eq!(record.push(ProviderKind::Fcm, incoming("e")), 5, "seqs keep counting");
     }
 }

@@ -74,6 +74,31 @@ async fn the_record_can_be_filtered_and_cleared() {
     assert_eq!(seqs(&messages(&sandbox, "").await), [5], "seqs keep counting after a clear");
 }
 
+/// The load generator's way of reading: pages of `limit` after the last seq it saw, then `DELETE ?through=` so the
+/// sandbox forgets what was read (the record does not grow with the length of a run).
+#[tokio::test]
+async fn a_reader_pages_through_the_record_and_forgets_what_it_read() {
+    let sandbox = spawn().await;
+    for token in ["token-a", "token-b", "token-c"] {
+        send_fcm(&sandbox, token).await;
+    }
+    assert_eq!(seqs(&messages(&sandbox, "?limit=2").await), [1, 2]);
+    assert_eq!(seqs(&messages(&sandbox, "?after=2&limit=2").await), [3]);
+
+    let forget = |query: &'static str| {
+        let request = sandbox.http.delete(sandbox.url(&format!("/_sandbox/messages{query}")));
+        async move { request.send().await.unwrap() }
+    };
+    let response = forget("?through=2").await;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.json::<serde_json::Value>().await.unwrap()["cleared"], 2);
+    assert_eq!(seqs(&messages(&sandbox, "").await), [3], "only what was not read is kept");
+    assert_eq!(seqs(&sandbox.handle.record()), [3]);
+    assert_eq!(forget("?through=soon").await.status().as_u16(), 400);
+    let response = sandbox.http.get(sandbox.url("/_sandbox/messages?limit=many")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+}
+
 #[tokio::test]
 async fn stats_count_accepted_and_rejected_requests() {
     let sandbox = spawn().await;

@@ -357,7 +357,9 @@ async fn the_request_log_is_served_filtered_and_cleared() {
     let (_, all) = sandbox.get_json("/_sandbox/requests").await;
     assert_eq!(all.as_array().unwrap().len(), 4 + 3);
     assert_eq!(sandbox.get_json("/_sandbox/requests?provider=pigeon").await.0, 400);
-    assert_eq!(sandbox.get_json("/_sandbox/requests?after=1").await.0, 400);
+    assert_eq!(sandbox.get_json("/_sandbox/requests?after=soon").await.0, 400);
+    let (_, page) = sandbox.get_json("/_sandbox/requests?after=1&limit=2").await;
+    assert_eq!(page.as_array().unwrap().len(), 2, "a page of the six logged after the first");
 
     let cleared: Value =
         sandbox.http.delete(sandbox.url("/_sandbox/requests")).send().await.unwrap().json().await.unwrap();
