@@ -155,7 +155,6 @@ async fn sequences_send_each_step_after_the_previous_report() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs POST /v1/campaigns, built on the campaigns branch"]
 async fn campaign_reaches_every_user_while_live_traffic_runs() {
     let herald = Herald::start("campaign", |_| {}).await;
     let args = ["--profile", "campaign", "--users", "200", "--live-rate", "20", "--duration", "60"];
