@@ -11,7 +11,7 @@ use std::time::Duration;
 use app::spawn_app_with;
 use herald::domain::ProviderKind;
 use herald::sandbox::FaultSettings;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const USERS: usize = 40;
 const PER_USER: usize = 3;
@@ -77,5 +77,64 @@ async fn a_429_storm_pauses_the_provider_for_retry_after_and_everything_is_deliv
     assert_eq!(delivered, ids.len(), "each delivered exactly once");
     let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
     assert!(!metrics.contains("herald_provider_pauses_total{provider=\"fcm\"} 0"), "pauses are counted");
+    app.running.stop().await;
+}
+
+/// Campaign traffic (`low`) may hold at most three quarters of a provider's in-flight slots, so transactional
+/// sends find a free slot instead of waiting for a blast's sends to come back (docs/engine-semantics.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_low_lane_never_holds_the_last_quarter_of_the_in_flight_slots() {
+    const LATENCY_MS: u64 = 300;
+    const LOW: usize = 24;
+    const HIGH: usize = 4;
+    let app = spawn_app_with(|s| {
+        s.providers.limits.get_mut(&ProviderKind::Fcm).unwrap().max_in_flight = MAX_IN_FLIGHT;
+    })
+    .await;
+    for u in 0..LOW + HIGH {
+        app.user(&format!("lane-{u}"), &[(&format!("lane-token-{u}"), "android")]).await;
+    }
+    let slow = FaultSettings { latency_min_ms: LATENCY_MS, latency_max_ms: LATENCY_MS, ..Default::default() };
+    app.sandbox().set_faults(ProviderKind::Fcm, slow);
+
+    let send = |u: usize, priority: &str| {
+        json!({"user_id": format!("lane-{u}"), "channels": ["push"], "priority": priority,
+               "content": {"title": "lanes", "body": format!("{priority} {u}")}})
+    };
+    let mut low = Vec::new();
+    for u in 0..LOW {
+        low.push(app.send(send(u, "low")).await);
+    }
+    let mut high = Vec::new();
+    for u in LOW..LOW + HIGH {
+        high.push(app.send(send(u, "high")).await);
+    }
+    let delivery_of = |n: Value| n["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let mut low_deliveries = Vec::new();
+    for id in &low {
+        low_deliveries.push(delivery_of(app.wait_final(id).await));
+    }
+    let mut high_deliveries = Vec::new();
+    for id in &high {
+        high_deliveries.push(delivery_of(app.wait_final(id).await));
+    }
+
+    let requests = app.sandbox().requests(ProviderKind::Fcm);
+    let arrivals = |deliveries: &[String]| -> Vec<u64> {
+        let mut at: Vec<u64> = requests
+            .iter()
+            .filter(|r| r.reference.as_ref().is_some_and(|d| deliveries.contains(d)))
+            .map(|r| r.at_ms)
+            .collect();
+        at.sort_unstable();
+        at
+    };
+    let (low_at, high_at) = (arrivals(&low_deliveries), arrivals(&high_deliveries));
+    assert_eq!((low_at.len(), high_at.len()), (LOW, HIGH), "each reached the provider once");
+    // A slot is held at least from a request's arrival until the sandbox answers it, LATENCY_MS later.
+    let most_low_at_once =
+        low_at.iter().map(|&t| low_at.iter().filter(|&&s| s <= t && t < s + LATENCY_MS).count()).max();
+    assert_eq!(most_low_at_once, Some(MAX_IN_FLIGHT - MAX_IN_FLIGHT / 4), "low sends in flight at once: {low_at:?}");
+    assert!(high_at.iter().all(|&t| t < *low_at.last().unwrap()), "high sends overtook the low backlog");
     app.running.stop().await;
 }

@@ -6,6 +6,8 @@
 //!   so one recipient's deliveries reach the provider in acceptance order, retries included.
 //! - Ready keys wait in four lanes, served strictly `critical > high > normal > low`. A key sits in the lane of
 //!   its most urgent queued job (priority inheritance), so a critical message is not stuck behind a low lane.
+//!   The `low` lane (campaign traffic) may hold at most three quarters of the in-flight cap: the last quarter
+//!   is kept for the other lanes, so a transactional send does not wait for a blast's sends to come back.
 //! - A job is "in flight" from hand-off until the shard has durably recorded its outcome and released it; the
 //!   in-flight cap therefore bounds the provider-side duplicates a crash can cause.
 //! - A rate-limit answer (`ErrorClass::RateLimited`, e.g. HTTP 429) pauses the whole provider until its
@@ -275,8 +277,12 @@ impl DispatcherState {
         }
         // After a pause, one probe at a time until the provider answers something other than a rate limit.
         let cap = if self.probing.load(Ordering::Acquire) { 1 } else { self.max_in_flight };
+        // The `low` lane (campaigns) may fill only part of the slots: the rest stay free for transactional
+        // traffic, which then never waits for a blast's sends to come back.
+        let low_cap = low_lane_cap(cap);
         while self.in_flight < cap {
-            let Some(lane) = self.lanes.iter().position(|l| !l.is_empty()) else { return };
+            let lanes = if self.in_flight < low_cap { &self.lanes[..] } else { &self.lanes[..Priority::Low.lane()] };
+            let Some(lane) = lanes.iter().position(|l| !l.is_empty()) else { return };
             let owner = self.lanes[lane].pop_front().expect("lane checked non-empty");
             let Some(key) = self.keys.get_mut(&owner) else { continue };
             key.listed &= !(1 << lane);
@@ -350,6 +356,11 @@ impl DispatcherState {
     }
 }
 
+/// In-flight slots the `low` lane may hold: all but a quarter of `cap` (all of a cap below 4).
+fn low_lane_cap(cap: usize) -> usize {
+    cap - cap / 4
+}
+
 /// Lists `key` in `lane` unless it is already listed there.
 fn list(lanes: &mut [VecDeque<Arc<str>>; 4], key: &mut KeyQueue, owner: Arc<str>, lane: usize) {
     if key.listed & (1 << lane) == 0 {
@@ -361,4 +372,18 @@ fn list(lanes: &mut [VecDeque<Arc<str>>; 4], key: &mut KeyQueue, owner: Arc<str>
 /// The lane of a key: that of its most urgent queued job (priority inheritance).
 fn lane_of(jobs: &VecDeque<DeliveryJob>) -> usize {
     jobs.iter().map(|j| j.priority().lane()).min().unwrap_or(Priority::Low.lane())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::low_lane_cap;
+
+    #[test]
+    fn the_low_lane_leaves_a_quarter_of_the_slots() {
+        assert_eq!(low_lane_cap(256), 192);
+        assert_eq!(low_lane_cap(4), 3);
+        // Too few slots to split (and the single probe after a rate-limit pause): low may use them.
+        assert_eq!(low_lane_cap(3), 3);
+        assert_eq!(low_lane_cap(1), 1);
+    }
 }
