@@ -169,7 +169,7 @@ fn herald_binary(args: &Args) -> Result<PathBuf, String> {
     };
     if !binary.is_file() {
         return Err(format!(
-            "no herald binary at {} (build both: `cargo build --release -p herald -p herald-loadtest`, or pass \
+            "no herald binary at {} (build both: `cargo build --release --workspace`, or pass \
              --herald-bin, or --herald and --sandbox for running ones)",
             binary.display()
         ));
