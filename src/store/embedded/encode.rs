@@ -11,7 +11,7 @@ pub use crate::store::codec::{from_json, to_json};
 use crate::store::{Placement, StoreError, Write};
 
 /// One encoded write, ready for the writer thread.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     User {
         id: String,

@@ -1,13 +1,17 @@
-//! The embedded backend (redb): one file under the data directory, group-committed by one writer thread.
+//! The embedded backend: a write-ahead log and a redb file under the data directory.
 //!
-//! `submit` encodes on the caller's thread and queues the result for the writer ([`writer`]), which commits
-//! batches durably (fsync) and then runs their callbacks in submission order. Reads run on read transactions
-//! (snapshots) in `spawn_blocking` ([`read`]). The table layout is in [`tables`]; see `docs/store.md` for the
-//! reasoning and the crash guarantee.
+//! `submit` encodes on the caller's thread and queues the result for the writer ([`writer`]), which appends
+//! batches to the log ([`wal`]) durably (fdatasync) and then runs their callbacks in submission order. The
+//! checkpointer ([`checkpoint`]) applies logged batches to redb ([`apply`]) in the background. Reads run on read
+//! transactions (snapshots) in `spawn_blocking` ([`read`]) once every write acknowledged before them is applied.
+//! The table layout is in [`tables`]; see `docs/store.md` for the reasoning and the crash guarantee.
 
+mod apply;
+mod checkpoint;
 mod encode;
 mod read;
 mod tables;
+mod wal;
 mod writer;
 
 #[cfg(test)]
@@ -16,8 +20,9 @@ mod tests;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, Sender, SyncSender};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
@@ -25,19 +30,30 @@ use redb::{Database, ReadTransaction, ReadableDatabase};
 
 use crate::domain::{Campaign, Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
 use crate::store::{CommitCallback, Page, ScheduleCursor, Store, StoreError, StoredNotification, Write};
+use checkpoint::{Logged, Msg, Progress};
 use tables::db_error;
 use writer::{Submission, WriterStats};
 
 /// Name of the database file inside the data directory.
 pub const FILE_NAME: &str = "herald.redb";
 
-/// The embedded [`Store`]: a redb file and the one thread that writes it.
+/// The embedded [`Store`]: a write-ahead log, a redb file, the thread that appends to the log and the one that
+/// applies it to redb.
 pub struct EmbeddedStore {
     db: Arc<Database>,
     queue: Option<Sender<Submission>>,
     writer: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
+    /// For reads to ask the checkpointer to apply what it has collected at once.
+    wake: Option<SyncSender<Msg>>,
     stats: Arc<WriterStats>,
+    progress: Arc<Progress>,
 }
+
+/// Logged records the checkpointer may fall behind by before the writer waits for it.
+const CHECKPOINT_QUEUE: usize = 1024;
+/// How long a read waits for the checkpointer to apply what was acknowledged before it.
+const READ_WAIT: Duration = Duration::from_secs(30);
 
 /// The page cache of [`EmbeddedStore::open`], in MiB (the config's `store.cache_mb` default).
 pub const DEFAULT_CACHE_MB: usize = 128;
@@ -62,21 +78,48 @@ impl EmbeddedStore {
         let path = dir.join(FILE_NAME);
         let db = Database::builder().set_cache_size(cache_mb.max(1) << 20).create(&path).map_err(db_error)?;
         let db = Arc::new(db);
-        writer::create_tables(&db)?;
+        apply::create_tables(&db)?;
+        let wal_dir = dir.join(wal::DIR_NAME);
+        let applied = replay(&db, &wal_dir)?;
         let (queue, receiver) = mpsc::channel();
+        let (to_checkpoint, logged) = mpsc::sync_channel(CHECKPOINT_QUEUE);
+        let wake = to_checkpoint.clone();
         let stats = Arc::new(WriterStats::default());
+        stats.durable_lsn.store(applied, Ordering::Relaxed);
+        let progress = Arc::new(Progress {
+            applied: tokio::sync::watch::Sender::new(applied),
+            failing: Default::default(),
+            closing: Default::default(),
+        });
+        let log = wal::Wal::new(&wal_dir, applied + 1)?;
+        let spawn_error = |e| StoreError::Unavailable(format!("cannot start the store threads: {e}"));
+        let checkpointer = std::thread::Builder::new()
+            .name("herald-store-checkpoint".into())
+            .spawn({
+                let (db, progress) = (db.clone(), progress.clone());
+                move || checkpoint::run(db, logged, wal_dir, progress)
+            })
+            .map_err(spawn_error)?;
         let writer = std::thread::Builder::new()
             .name("herald-store-writer".into())
             .spawn({
-                let (db, stats) = (db.clone(), stats.clone());
-                move || writer::run(db, receiver, commit_batch_max.max(1), stats)
+                let stats = stats.clone();
+                move || writer::run(log, receiver, commit_batch_max.max(1), stats, to_checkpoint)
             })
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
+            .map_err(spawn_error)?;
         tracing::info!(path = %path.display(), commit_batch_max, "embedded store open");
-        Ok(Arc::new(EmbeddedStore { db, queue: Some(queue), writer: Some(writer), stats }))
+        Ok(Arc::new(EmbeddedStore {
+            db,
+            queue: Some(queue),
+            writer: Some(writer),
+            checkpointer: Some(checkpointer),
+            wake: Some(wake),
+            stats,
+            progress,
+        }))
     }
 
-    /// Write transactions committed so far (each one is a group commit of one or more submissions).
+    /// Group commits made durable so far (each one of one or more submissions).
     pub fn commits(&self) -> u64 {
         self.stats.commits.load(Ordering::Relaxed)
     }
@@ -87,22 +130,89 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     {
+        self.applied_up_to(self.stats.durable_lsn.load(Ordering::Acquire)).await?;
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || query(&db.begin_read().map_err(db_error)?))
             .await
             .map_err(|e| StoreError::Unavailable(format!("store read task failed: {e}")))?
     }
+
+    /// Waits until the checkpointer has applied the log up to `lsn`.
+    async fn applied_up_to(&self, lsn: u64) -> Result<(), StoreError> {
+        let mut applied = self.progress.applied.subscribe();
+        if *applied.borrow() >= lsn {
+            return Ok(());
+        }
+        if self.progress.failing.load(Ordering::Relaxed)
+            || self.checkpointer.as_ref().is_none_or(JoinHandle::is_finished)
+        {
+            return Err(StoreError::Unavailable("the store cannot apply its write-ahead log".into()));
+        }
+        // A full queue means the checkpointer has records coming in anyway.
+        if let Some(wake) = &self.wake {
+            let _ = wake.try_send(Msg::Wake);
+        }
+        match tokio::time::timeout(READ_WAIT, applied.wait_for(|applied| *applied >= lsn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Unavailable("store checkpointer stopped".into())),
+            Err(_) => Err(StoreError::Unavailable("the store's checkpoint is behind".into())),
+        }
+    }
+}
+
+/// Applies every record of the log that the database does not have yet (in checkpoints of up to
+/// [`checkpoint::MAX_OPS`] ops, coalesced as the checkpointer does), and empties the log; returns the last LSN
+/// applied (where the log continues).
+fn replay(db: &Database, wal_dir: &Path) -> Result<u64, StoreError> {
+    let applied = apply::wal_applied(db)?;
+    let (mut batch, mut ops, mut replayed) = (Vec::new(), 0, 0);
+    let flush = |batch: &mut Vec<Logged>| -> Result<usize, StoreError> {
+        let Some(last) = batch.last() else { return Ok(0) };
+        let applied = apply::commit_skipping_corrupt(db, &checkpoint::coalesce(batch), last.lsn)?;
+        batch.clear();
+        Ok(applied)
+    };
+    let last = wal::replay(wal_dir, |lsn, logged| {
+        if lsn > applied {
+            ops += logged.len();
+            batch.push(Logged { lsn, ops: logged });
+        }
+        if ops >= checkpoint::MAX_OPS {
+            replayed += flush(&mut batch)?;
+            ops = 0;
+        }
+        Ok(())
+    })?;
+    replayed += flush(&mut batch)?;
+    let applied = applied.max(last);
+    apply::commit_skipping_corrupt(db, &[], applied)?;
+    wal::remove_all(wal_dir)?;
+    if replayed > 0 {
+        tracing::info!(writes = replayed, lsn = applied, "replayed the write-ahead log");
+    }
+    Ok(applied)
 }
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
-        // Closing the queue lets the writer finish what is queued and exit; joining it means the file is
-        // closed when the drop returns, so it can be reopened at once.
+        // Closing the queue lets the writer finish what is queued and exit, which closes the checkpointer's
+        // queue in turn; joining both means the file is closed when the drop returns, so it can be reopened at
+        // once.
         drop(self.queue.take());
-        if let Some(writer) = self.writer.take() {
-            // A callback may hold the last handle, in which case this runs on the writer itself.
-            if writer.thread().id() != std::thread::current().id() && writer.join().is_err() {
-                tracing::error!("store writer panicked");
+        drop(self.wake.take());
+        self.progress.closing.store(true, Ordering::Relaxed);
+        let (writer, checkpointer) = (self.writer.take(), self.checkpointer.take());
+        // A commit callback may hold the last handle, and then this runs on the writer itself: joining nothing
+        // lets the writer return from the callback, drain its queue and exit, and the checkpointer after it (the
+        // checkpointer waits for the writer's side of its queue to close, so joining it here would never end).
+        if writer.as_ref().is_some_and(|w| w.thread().id() == std::thread::current().id()) {
+            return;
+        }
+        for (name, thread) in [("writer", writer), ("checkpointer", checkpointer)] {
+            if let Some(thread) = thread
+                && thread.join().is_err()
+            {
+                tracing::error!("store {name} panicked");
             }
         }
     }
@@ -213,7 +323,9 @@ impl Store for EmbeddedStore {
     /// Reads a snapshot; if the writer is gone that is fatal, and if the last batch failed an empty commit
     /// checks whether writes work again (so readiness recovers without waiting for traffic).
     async fn health(&self) -> Result<(), StoreError> {
-        if self.writer.as_ref().is_none_or(JoinHandle::is_finished) {
+        if self.writer.as_ref().is_none_or(JoinHandle::is_finished)
+            || self.checkpointer.as_ref().is_none_or(JoinHandle::is_finished)
+        {
             return Err(StoreError::Unavailable("store writer stopped".into()));
         }
         self.read(read::max_seq).await?;

@@ -59,11 +59,13 @@ pub const ACTIVE_CAMPAIGNS: TableDefinition<&str, ()> = TableDefinition::new("ac
 pub const AUDIENCE_PAGES: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("audience_pages");
 /// Campaign id → (completed, failed, cancelled): its notifications' final statuses.
 pub const CAMPAIGN_FINALS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("campaign_finals");
-/// Small named counters: [`MAX_SEQ`].
+/// Small named counters: [`MAX_SEQ`], [`WAL_APPLIED`].
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Key in [`META`] of the highest notification `seq` ever put.
 pub const MAX_SEQ: &str = "max_seq";
+/// Key in [`META`] of the last write-ahead log record applied (see `wal/`): replay at start skips up to it.
+pub const WAL_APPLIED: &str = "wal_applied";
 
 /// The immediate successor of `s` in byte order (`s` + NUL), so `(s, "")..(successor(s), "")` covers exactly the
 /// tuple keys whose first element is `s`.

@@ -1,6 +1,6 @@
-//! Unit tests of the embedded store's internals: what encoding extracts, how the writer keeps the indexes in
-//! step with the records, and that a failing batch is applied not at all. Behaviour every backend shares is in
-//! `tests/store_conformance.rs`.
+//! Unit tests of the embedded store's internals: what encoding extracts, how applying ops keeps the indexes in
+//! step with the records, what the checkpointer coalesces, what the log replays at start, and what happens to a
+//! write that cannot be applied. Behaviour every backend shares is in `tests/store_conformance.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use jiff::{SignedDuration, Timestamp};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::apply::{self, create_tables};
+use super::checkpoint::{Logged, coalesce};
 use super::encode::{Op, encode};
 use super::tables::*;
-use super::writer::{Submission, commit_batch, create_tables};
 use super::{EmbeddedStore, FILE_NAME};
 use crate::domain::*;
 use crate::store::{Store, StoreError, Write};
@@ -89,9 +90,11 @@ fn fresh_db() -> (tempfile::TempDir, Database) {
     (dir, db)
 }
 
-/// Commits `writes` as one batch at `now`, as the writer thread would.
+/// Applies `writes` in one transaction at `now`, as the checkpointer would.
 fn commit_at(db: &Database, writes: Vec<Write>, now: Timestamp) -> Result<(), StoreError> {
-    commit_batch(db, &[Submission { ops: encode(writes), done: Box::new(drop) }], now)
+    let ops = encode(writes)?;
+    let ops: Vec<&Op> = ops.iter().collect();
+    apply::commit(db, &ops, &[], 1, redb::Durability::Immediate, now).map_err(|e| e.error)
 }
 
 fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(db: &Database, table: TableDefinition<K, V>) -> u64 {
@@ -244,10 +247,11 @@ fn the_unread_counter_follows_every_put_and_mark() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_write_aborts_its_whole_batch() {
+async fn a_write_that_reads_back_a_corrupt_record_is_skipped_and_the_rest_of_its_batch_lands() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path(), 64).unwrap();
     store.commit(vec![Write::PutInboxItem(inbox_item("i1", None))]).await.unwrap();
+    store.users().await.unwrap(); // a read waits until the item is applied
     // Corrupt the stored item, so marking it read fails half-way through the batch.
     let txn = store.db.begin_write().unwrap();
     txn.open_table(INBOX).unwrap().insert(("u1", "i1"), b"not json".as_slice()).unwrap();
@@ -255,14 +259,66 @@ async fn a_failing_write_aborts_its_whole_batch() {
 
     let user = Arc::new(User::new("u9".into(), Timestamp::now()));
     let mark = Write::MarkInboxRead { user_id: "u1".into(), ids: vec!["i1".into()], at: Timestamp::now() };
-    let result = store.commit(vec![Write::PutUser(user.clone()), mark]).await;
-    assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");
-    assert!(store.users().await.unwrap().is_empty(), "nothing of the failed batch is applied");
-    assert_eq!(rows(&store.db, INBOX_UNREAD), 1);
+    // Durable in the log, so acknowledged; the checkpointer skips the mark and applies the rest.
+    store.commit(vec![Write::PutUser(user), mark]).await.unwrap();
+    assert_eq!(store.users().await.unwrap().len(), 1, "the rest of the batch is applied");
+    assert_eq!(rows(&store.db, INBOX_UNREAD), 1, "nothing of the skipped mark is applied");
 
-    store.commit(vec![Write::PutUser(user)]).await.unwrap();
-    assert_eq!(store.users().await.unwrap().len(), 1, "the writer goes on after a failed batch");
+    store.commit(vec![Write::PutUser(Arc::new(User::new("u10".into(), Timestamp::now())))]).await.unwrap();
+    assert_eq!(store.users().await.unwrap().len(), 2, "the checkpointer goes on after a skipped write");
     store.health().await.unwrap();
+}
+
+#[test]
+fn a_checkpoint_applies_only_the_last_put_of_a_record_and_keeps_every_other_op_in_order() {
+    let (_dir, db) = fresh_db();
+    let open = notification("n1", 1, NotificationStatus::Dispatching);
+    let done = notification("n1", 1, NotificationStatus::Completed);
+    let logged = |lsn, writes| Logged { lsn, ops: encode(writes).unwrap() };
+    let count =
+        |delta| Write::CountCampaignFinal { campaign: "c1".into(), status: NotificationStatus::Completed, delta };
+    let batch = [
+        logged(1, vec![Write::PutNotification(open), count(1)]),
+        logged(2, vec![Write::PutNotification(done.clone()), count(1)]),
+    ];
+    let ops = coalesce(&batch);
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    assert!(matches!(ops[0], Op::CampaignFinal { .. }) && matches!(ops[2], Op::CampaignFinal { .. }));
+    assert!(matches!(ops[1], Op::Notification { open: false, .. }));
+
+    apply::commit(&db, &ops, &[], 2, redb::Durability::Immediate, Timestamp::now()).unwrap();
+    assert_eq!(rows(&db, OPEN_BY_SEQ), 0, "the open put was left out and the final one indexes nothing");
+    let txn = db.begin_read().unwrap();
+    let stored = txn.open_table(NOTIFICATIONS).unwrap().get("n1").unwrap().unwrap().value().to_vec();
+    assert_eq!(serde_json::from_slice::<Notification>(&stored).unwrap(), *done);
+    assert_eq!(txn.open_table(CAMPAIGN_FINALS).unwrap().get("c1").unwrap().unwrap().value(), (2, 0, 0));
+    assert_eq!(apply::wal_applied(&db).unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_only_in_the_log_are_applied_at_start_and_applied_ones_are_not_applied_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = || Write::CountCampaignFinal { campaign: "c1".into(), status: NotificationStatus::Failed, delta: 1 };
+    {
+        let store = EmbeddedStore::open(dir.path(), 64).unwrap();
+        store.commit(vec![count()]).await.unwrap();
+    }
+    // A record that reached the log but not the database: what a crash between the two leaves behind.
+    let user = User::new("u1".into(), Timestamp::now());
+    let mut log = super::wal::Wal::new(&dir.path().join(super::wal::DIR_NAME), 100).unwrap();
+    let ops = encode(vec![Write::PutUser(Arc::new(user.clone())), count()]).unwrap();
+    log.append(std::iter::once(ops.as_slice())).unwrap();
+    drop(log);
+
+    let store = EmbeddedStore::open(dir.path(), 64).unwrap();
+    assert_eq!(store.users().await.unwrap(), vec![user]);
+    let finals = |db: &Database| {
+        db.begin_read().unwrap().open_table(CAMPAIGN_FINALS).unwrap().get("c1").unwrap().unwrap().value()
+    };
+    assert_eq!(finals(&store.db), (0, 2, 0), "the first count once, the logged one once");
+    drop(store);
+    let store = EmbeddedStore::open(dir.path(), 64).unwrap();
+    assert_eq!(finals(&store.db), (0, 2, 0), "a second start replays nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,4 +344,31 @@ async fn dropping_the_store_finishes_queued_work_and_closes_the_file() {
     assert!(ran.load(Ordering::SeqCst), "the last callback ran before drop returned");
     let reopened = EmbeddedStore::open(dir.path(), 4).unwrap();
     assert_eq!(reopened.users().await.unwrap().len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_that_drops_the_last_handle_lets_go_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), 4).unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let last = store.clone();
+    store.submit(
+        vec![],
+        Box::new(move |_| {
+            // Runs on the writer thread; once the test has dropped its handle, this one is the last.
+            let _ = released.recv();
+            drop(last);
+        }),
+    );
+    drop(store);
+    release.send(()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let reopened = loop {
+        match EmbeddedStore::open(dir.path(), 4) {
+            Ok(store) => break store,
+            Err(e) if std::time::Instant::now() > deadline => panic!("the file is still held: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    reopened.health().await.unwrap();
 }
