@@ -27,7 +27,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::config::DispatchLimits;
-use crate::domain::{NotificationId, Priority, ProviderKind};
+use crate::domain::{Delivery, Priority, ProviderKind, Rendered};
 use crate::providers::{ErrorClass, Provider, ProviderError, SendRequest};
 use crate::telemetry::Telemetry;
 
@@ -38,13 +38,16 @@ pub const QUEUED: u8 = 0;
 pub const HANDED_OFF: u8 = 1;
 pub const CANCELLED: u8 = 2;
 
-/// A delivery on its way to a provider.
+/// A delivery on its way to a provider. It holds the shard's record of the delivery rather than a copy of its
+/// fields: a queued job is kept per queued notification (issue #6's memory bound), and the provider's
+/// [`SendRequest`] is built from it only when the job is handed off.
 #[derive(Debug)]
 pub struct DeliveryJob {
-    pub request: SendRequest,
-    pub notification_id: NotificationId,
-    pub owner: Arc<str>,
-    pub provider: ProviderKind,
+    /// The delivery as planned (shared with the shard until the shard changes it).
+    pub delivery: Arc<Delivery>,
+    pub content: Arc<Rendered>,
+    /// The attempt the last hand-off made (1 for the first); the next hand-off adds one.
+    pub attempt: u32,
     /// When the notification was accepted (this process's clock), for the latency histogram.
     pub accepted_at: Instant,
     /// [`QUEUED`], [`HANDED_OFF`] or [`CANCELLED`].
@@ -55,7 +58,27 @@ pub struct DeliveryJob {
 
 impl DeliveryJob {
     fn priority(&self) -> Priority {
-        self.request.priority
+        self.delivery.priority
+    }
+
+    pub fn provider(&self) -> ProviderKind {
+        self.delivery.provider
+    }
+
+    /// The ordering key: the notification's owner.
+    fn owner(&self) -> &str {
+        &self.delivery.owner
+    }
+
+    /// What the provider client sends for this attempt.
+    fn request(&self) -> SendRequest {
+        SendRequest {
+            delivery_id: self.delivery.id.clone(),
+            address: self.delivery.address.clone(),
+            content: self.content.clone(),
+            priority: self.delivery.priority,
+            attempt: self.attempt,
+        }
     }
 }
 
@@ -63,8 +86,8 @@ impl DeliveryJob {
 pub enum DispatcherMsg {
     /// A new job, in acceptance order.
     Dispatch(DeliveryJob),
-    /// The job of `owner` has its outcome recorded; `retry` puts it back after the delay.
-    Release { owner: Arc<str>, retry: Option<(Duration, DeliveryJob)> },
+    /// The job of this delivery's owner has its outcome recorded; `retry` puts it back after the delay.
+    Release { delivery: Arc<Delivery>, retry: Option<(Duration, DeliveryJob)> },
     /// A retry's backoff is over.
     RetryDue(DeliveryJob),
     /// The token bucket has tokens again.
@@ -97,8 +120,9 @@ impl DispatcherHandle {
         }
     }
 
-    pub fn release(&self, owner: Arc<str>, retry: Option<(Duration, DeliveryJob)>) {
-        let _ = self.actor.cast(DispatcherMsg::Release { owner, retry });
+    /// Frees the slot of `delivery`'s job (any version of its record: only the owner is read).
+    pub fn release(&self, delivery: Arc<Delivery>, retry: Option<(Duration, DeliveryJob)>) {
+        let _ = self.actor.cast(DispatcherMsg::Release { delivery, retry });
     }
 
     /// Jobs queued in all lanes (admission compares it with `capacity`).
@@ -118,8 +142,9 @@ pub struct DispatcherArgs {
     pub telemetry: Arc<Telemetry>,
 }
 
-#[derive(Default)]
 struct KeyQueue {
+    /// The key, shared with the lanes that list it (jobs carry it only inside their delivery record).
+    owner: Arc<str>,
     jobs: VecDeque<DeliveryJob>,
     /// A job of this key is in flight or waiting for its retry.
     busy: bool,
@@ -183,7 +208,7 @@ impl Actor for Dispatcher {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             DispatcherMsg::Dispatch(job) => state.enqueue(job, false),
-            DispatcherMsg::Release { owner, retry } => state.release(&myself, owner, retry),
+            DispatcherMsg::Release { delivery, retry } => state.release(&myself, &delivery.owner, retry),
             DispatcherMsg::RetryDue(job) => {
                 state.queued.fetch_add(1, Ordering::Relaxed);
                 state.enqueue(job, true);
@@ -200,8 +225,12 @@ impl Actor for Dispatcher {
 impl DispatcherState {
     fn enqueue(&mut self, job: DeliveryJob, retry: bool) {
         self.telemetry.queue_changed(self.kind, job.priority(), 1);
-        let owner = job.owner.clone();
-        let key = self.keys.entry(owner.clone()).or_default();
+        if !self.keys.contains_key(job.owner()) {
+            let owner: Arc<str> = Arc::from(job.owner());
+            let key = KeyQueue { owner: owner.clone(), jobs: VecDeque::new(), busy: false, listed: 0 };
+            self.keys.insert(owner, key);
+        }
+        let key = self.keys.get_mut(job.owner()).expect("just ensured");
         if retry {
             // The retried job is the oldest of its key: it goes first, and the key is free again.
             key.jobs.push_front(job);
@@ -210,11 +239,11 @@ impl DispatcherState {
             key.jobs.push_back(job);
         }
         if !key.busy {
-            list(&mut self.lanes, key, owner, lane_of(&key.jobs));
+            list(&mut self.lanes, key, lane_of(&key.jobs));
         }
     }
 
-    fn release(&mut self, myself: &ActorRef<DispatcherMsg>, owner: Arc<str>, retry: Option<(Duration, DeliveryJob)>) {
+    fn release(&mut self, myself: &ActorRef<DispatcherMsg>, owner: &str, retry: Option<(Duration, DeliveryJob)>) {
         self.in_flight -= 1;
         self.telemetry.in_flight_changed(self.kind, -1);
         if let Some((delay, job)) = retry {
@@ -226,15 +255,15 @@ impl DispatcherState {
             });
             return;
         }
-        let Some(key) = self.keys.get_mut(&owner) else { return };
+        let Some(key) = self.keys.get_mut(owner) else { return };
         key.busy = false;
         if key.jobs.is_empty() {
             if key.listed == 0 {
-                self.keys.remove(&owner);
+                self.keys.remove(owner);
             }
             return;
         }
-        list(&mut self.lanes, key, owner, lane_of(&key.jobs));
+        list(&mut self.lanes, key, lane_of(&key.jobs));
     }
 
     fn pause(&mut self, wait: Duration) {
@@ -314,7 +343,7 @@ impl DispatcherState {
             if job.handoff.compare_exchange(QUEUED, HANDED_OFF, Ordering::AcqRel, Ordering::Acquire).is_err() {
                 // Cancelled while queued: the shard already recorded it; the key moves on.
                 if !key.jobs.is_empty() {
-                    list(&mut self.lanes, key, owner, lane_of(&key.jobs));
+                    list(&mut self.lanes, key, lane_of(&key.jobs));
                 }
                 continue;
             }
@@ -331,9 +360,10 @@ impl DispatcherState {
         let telemetry = self.telemetry.clone();
         let probing = self.probing.clone();
         let me = myself.clone();
-        job.request.attempt += 1;
+        job.attempt += 1;
         tokio::spawn(async move {
-            let result = AssertUnwindSafe(provider.send(&job.request)).catch_unwind().await.unwrap_or_else(|_| {
+            let request = job.request();
+            let result = AssertUnwindSafe(provider.send(&request)).catch_unwind().await.unwrap_or_else(|_| {
                 Err(ProviderError::new(kind, ErrorClass::Retryable, "panic", "provider client panicked"))
             });
             telemetry.provider_latency(kind, job.priority(), job.accepted_at.elapsed().as_millis() as u64);
@@ -362,10 +392,10 @@ fn low_lane_cap(cap: usize) -> usize {
 }
 
 /// Lists `key` in `lane` unless it is already listed there.
-fn list(lanes: &mut [VecDeque<Arc<str>>; 4], key: &mut KeyQueue, owner: Arc<str>, lane: usize) {
+fn list(lanes: &mut [VecDeque<Arc<str>>; 4], key: &mut KeyQueue, lane: usize) {
     if key.listed & (1 << lane) == 0 {
         key.listed |= 1 << lane;
-        lanes[lane].push_back(owner);
+        lanes[lane].push_back(key.owner.clone());
     }
 }
 

@@ -109,7 +109,7 @@ impl EngineCtx {
 
     fn dispatch_all(&self, jobs: Vec<DeliveryJob>) {
         for job in jobs {
-            self.dispatcher(job.provider).dispatch(job);
+            self.dispatcher(job.provider()).dispatch(job);
         }
     }
 
@@ -166,7 +166,7 @@ pub struct Engine {
     campaigns: Arc<Campaigns>,
     supervisor: ActorRef<()>,
     call_timeout: Duration,
-    /// Stops the scheduled-send loader and the campaign fan-outs.
+    /// Stops the scheduled-send loader, the idempotency purge and the campaign fan-outs.
     loader: CancellationToken,
 }
 
@@ -244,6 +244,7 @@ impl Engine {
         engine.restore().await?;
         let shards = engine.front.shards.clone();
         tokio::spawn(scheduler::run_loader(engine.ctx.clone(), shards.clone(), engine.loader.clone()));
+        tokio::spawn(idempotency::purge_expired(engine.ctx.idempotency.clone(), engine.loader.clone()));
         reconcile::spawn(engine.ctx.clone(), shards, shutdown);
         engine.campaigns.resume_all().await?;
         Ok(Arc::new(engine))
@@ -440,7 +441,8 @@ impl Engine {
             tracing::debug!(provider = report.provider.as_str(), "report for an unknown delivery");
             return Ok(());
         };
-        let _ = self.front.shards[self.front.shard(&delivery.owner)].cast(ShardMsg::Report(report));
+        let shard = &self.front.shards[self.front.shard(&delivery.owner)];
+        let _ = shard.cast(ShardMsg::Report(report, delivery.notification_id));
         Ok(())
     }
 

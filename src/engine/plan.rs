@@ -1,6 +1,7 @@
 //! Pure planning: which deliveries a channel of a notification gets for a user, and whether a notification is
 //! settled. No actors, no I/O: the shard calls these and does the effects.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -106,17 +107,17 @@ pub enum Settle {
     Done(NotificationStatus),
 }
 
-/// Decides what happens next for a notification.
-pub fn settle(notification: &Notification, deliveries: &[Delivery], cancelled: bool) -> Settle {
+/// Decides what happens next for a notification (`deliveries`: records, or the shard's shared ones).
+pub fn settle<D: Borrow<Delivery>>(notification: &Notification, deliveries: &[D], cancelled: bool) -> Settle {
     let current = |d: &&Delivery| match notification.strategy {
         Strategy::Parallel => true,
         Strategy::Priority => Some(&d.channel) == notification.channels.get(notification.current_channel),
     };
-    let step: Vec<&Delivery> = deliveries.iter().filter(current).collect();
-    if step.iter().any(|d| !d.status.is_final()) {
+    let step = || deliveries.iter().map(Borrow::borrow).filter(current);
+    if step().any(|d| !d.status.is_final()) {
         return Settle::Pending;
     }
-    if step.iter().any(|d| d.status == DeliveryStatus::Delivered) {
+    if step().any(|d| d.status == DeliveryStatus::Delivered) {
         return Settle::Done(NotificationStatus::Completed);
     }
     if cancelled {

@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::domain::DeliveryId;
+use crate::domain::{DeliveryId, NotificationId};
+
+/// A delivery waiting for its report, and the notification it belongs to (which the shard looks it up by).
+pub type Waiting = (NotificationId, DeliveryId);
 
 #[derive(Debug)]
 pub struct ReportWaits {
     timeout: Duration,
-    queue: VecDeque<(Instant, DeliveryId)>,
+    queue: VecDeque<(Instant, Waiting)>,
     /// The deadline a wake-up is already scheduled for.
     armed: Option<Instant>,
 }
@@ -25,13 +28,13 @@ impl ReportWaits {
     }
 
     /// Starts the wait of a delivery that just became `sent`.
-    pub fn start(&mut self, delivery: DeliveryId, now: Instant) {
+    pub fn start(&mut self, delivery: Waiting, now: Instant) {
         self.queue.push_back((now + self.timeout, delivery));
     }
 
     /// Resumes waits after a restart: `sent_at` is when each delivery became `sent` (wall clock, from the store).
     /// Waits that already ran out expire at the next tick.
-    pub fn restore(&mut self, mut sent: Vec<(Timestamp, DeliveryId)>, now: Instant, wall_now: Timestamp) {
+    pub fn restore(&mut self, mut sent: Vec<(Timestamp, Waiting)>, now: Instant, wall_now: Timestamp) {
         sent.sort_by_key(|(at, _)| *at);
         for (sent_at, delivery) in sent {
             let waited = wall_now.duration_since(sent_at).try_into().unwrap_or(Duration::ZERO);
@@ -42,7 +45,7 @@ impl ReportWaits {
 
     /// Removes and returns the deliveries whose wait has ended. Some may have had their report meanwhile: the
     /// caller checks each is still `sent`.
-    pub fn expired(&mut self, now: Instant) -> Vec<DeliveryId> {
+    pub fn expired(&mut self, now: Instant) -> Vec<Waiting> {
         let mut due = Vec::new();
         while let Some((deadline, _)) = self.queue.front()
             && *deadline <= now
@@ -76,8 +79,8 @@ impl ReportWaits {
 mod tests {
     use super::*;
 
-    fn id(s: &str) -> DeliveryId {
-        s.into()
+    fn id(s: &str) -> Waiting {
+        ("n".into(), s.into())
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub fn notification(id: &str, seq: u64, status: NotificationStatus) -> Arc<Notif
         status,
         current_channel: 0,
         idempotency_key: Some("key".into()),
-        metadata: Some(serde_json::json!({"order": 42})),
+        metadata: Some(Box::new(serde_json::json!({"order": 42}))),
         expires_at: None,
         send_at: None,
         reason: None,

@@ -124,7 +124,7 @@ impl ShardState {
             status: if schedule.is_some() { NotificationStatus::Scheduled } else { NotificationStatus::Dispatching },
             current_channel: 0,
             idempotency_key: req.idempotency_key.clone(),
-            metadata: req.metadata.clone(),
+            metadata: req.metadata.clone().map(Box::new),
             expires_at: req.expires_at,
             send_at: schedule.as_ref().map(|(at, _)| *at),
             reason: schedule.and_then(|(_, reason)| reason),
@@ -151,8 +151,8 @@ impl ShardState {
         if open.notification.status == NotificationStatus::Scheduled {
             // Nothing is planned before it is due (`fire`); only the record changes.
             if changed {
-                open.notification.updated_at = now;
-                writes.push(Write::PutNotification(Arc::new(open.notification.clone())));
+                open.notification_mut().updated_at = now;
+                writes.push(Write::PutNotification(open.notification.clone()));
             }
             return jobs;
         }
@@ -162,20 +162,20 @@ impl ShardState {
                 crate::domain::Strategy::Priority => vec![open.notification.channels[0]],
             };
             for channel in channels {
-                plan_step(open, &self.users, channel, now, &self.ctx, me, writes, &mut jobs, &mut self.by_delivery);
+                plan_step(open, &self.users, channel, now, &self.ctx, me, writes, &mut jobs);
             }
         }
         loop {
             match plan::settle(&open.notification, &open.deliveries, open.cancelled) {
                 Settle::Pending => break,
                 Settle::NextChannel(next) => {
-                    open.notification.current_channel = next;
+                    open.notification_mut().current_channel = next;
                     changed = true;
                     let channel = open.notification.channels[next];
-                    plan_step(open, &self.users, channel, now, &self.ctx, me, writes, &mut jobs, &mut self.by_delivery);
+                    plan_step(open, &self.users, channel, now, &self.ctx, me, writes, &mut jobs);
                 }
                 Settle::Done(status) => {
-                    open.notification.status = status;
+                    open.notification_mut().status = status;
                     count_campaign_final(&open.notification, 1, writes);
                     changed = true;
                     break;
@@ -183,14 +183,11 @@ impl ShardState {
             }
         }
         if changed {
-            open.notification.updated_at = now;
-            writes.push(Write::PutNotification(Arc::new(open.notification.clone())));
+            open.notification_mut().updated_at = now;
+            writes.push(Write::PutNotification(open.notification.clone()));
         }
         if open.notification.status.is_final() {
             let open = self.open.remove(id).expect("present");
-            for d in &open.deliveries {
-                self.by_delivery.remove(&d.id);
-            }
             if let Some(step) = &open.notification.sequence {
                 jobs.extend(self.on_step_final(me, step, open.notification.status, writes));
             }
@@ -200,55 +197,65 @@ impl ShardState {
 
     pub(super) fn on_outcome(&mut self, me: &ActorRef<ShardMsg>, outcome: SendOutcome) {
         let SendOutcome { job, result } = outcome;
-        let dispatcher = self.ctx.dispatcher(job.provider).clone();
-        let owner = job.owner.clone();
-        let notification_id = job.notification_id.clone();
+        let DeliveryJob { delivery: sent, content, attempt, accepted_at, handoff, shard } = job;
+        let provider = sent.provider;
+        let dispatcher = self.ctx.dispatcher(provider).clone();
+        let notification_id = sent.notification_id.clone();
         let mut writes = Vec::with_capacity(2);
         let mut retry = None;
-        if let Some(open) = self.open.get_mut(&notification_id)
-            && let Some(delivery) = open.deliveries.iter_mut().find(|d| d.id == job.request.delivery_id)
-        {
-            let now = Timestamp::now();
-            delivery.attempts = job.request.attempt;
-            let (status, kind, reason, retry_after) =
-                classify(&result, job.request.attempt, self.ctx.settings.max_retries);
-            if let Ok(Accepted::Delivered { provider_message_id } | Accepted::Sent { provider_message_id }) = &result
-                && provider_message_id.is_some()
-            {
-                delivery.provider_message_id = provider_message_id.clone();
-            }
-            if delivery.advance(status, kind, reason, now) {
-                if let Some(o) = Outcome::of(status) {
-                    self.ctx.telemetry.outcome(job.provider, o);
+        let released = match self.open.get_mut(&notification_id).and_then(|o| Some((o.delivery_index(&sent.id)?, o))) {
+            None => sent,
+            Some((index, open)) => {
+                // The job lets go of the record first, so recording the outcome changes it in place.
+                drop(sent);
+                let now = Timestamp::now();
+                let delivery = open.delivery_mut(index);
+                delivery.attempts = attempt;
+                let (status, kind, reason, retry_after) = classify(&result, attempt, self.ctx.settings.max_retries);
+                if let Ok(Accepted::Delivered { provider_message_id } | Accepted::Sent { provider_message_id }) =
+                    &result
+                    && provider_message_id.is_some()
+                {
+                    delivery.provider_message_id = provider_message_id.as_deref().map(Box::from);
                 }
-                writes.push(Write::PutDelivery(Arc::new(delivery.clone())));
-                if status == DeliveryStatus::Retrying {
-                    let delay = self.ctx.backoff(job.request.attempt).max(retry_after.unwrap_or_default());
-                    job.handoff.store(QUEUED, Ordering::Release);
-                    retry = Some(delay);
+                let mut retry_delay = None;
+                if delivery.advance(status, kind, reason, now) {
+                    if let Some(o) = Outcome::of(status) {
+                        self.ctx.telemetry.outcome(provider, o);
+                    }
+                    if status == DeliveryStatus::Retrying {
+                        handoff.store(QUEUED, Ordering::Release);
+                        retry_delay = Some(self.ctx.backoff(attempt).max(retry_after.unwrap_or_default()));
+                    }
+                    if status == DeliveryStatus::Sent {
+                        self.report_waits.start((notification_id.clone(), delivery.id.clone()), Instant::now());
+                        arm_report_wait(&mut self.report_waits, me);
+                    }
+                    writes.push(Write::PutDelivery(open.deliveries[index].clone()));
                 }
-                if status == DeliveryStatus::Sent {
-                    self.report_waits.start(delivery.id.clone(), Instant::now());
-                    arm_report_wait(&mut self.report_waits, me);
+                let delivery = open.deliveries[index].clone();
+                if let Err(e) = &result
+                    && e.alert
+                {
+                    self.ctx.telemetry.provider_alert(provider, &e.code);
                 }
+                if let Err(e) = &result
+                    && e.class == ErrorClass::Unregistered
+                    && let crate::domain::Address::Device { token, .. } = &delivery.address
+                    && let Some(user) = self.users.get_mut(&delivery.owner)
+                    && user.remove_device(token)
+                {
+                    tracing::info!(token = %crate::domain::contact::mask(token), "removed a device the provider unregistered");
+                    writes.push(Write::PutUser(Arc::new(user.clone())));
+                }
+                retry = retry_delay.map(|delay| {
+                    let job = DeliveryJob { delivery: delivery.clone(), content, attempt, accepted_at, handoff, shard };
+                    (delay, job)
+                });
+                delivery
             }
-            if let Err(e) = &result
-                && e.alert
-            {
-                self.ctx.telemetry.provider_alert(job.provider, &e.code);
-            }
-            if let Err(e) = &result
-                && e.class == ErrorClass::Unregistered
-                && let crate::domain::Address::Device { token, .. } = &delivery.address
-                && let Some(user) = self.users.get_mut(&*owner)
-                && user.remove_device(token)
-            {
-                tracing::info!(token = %crate::domain::contact::mask(token), "removed a device the provider unregistered");
-                writes.push(Write::PutUser(Arc::new(user.clone())));
-            }
-        }
+        };
         let jobs = self.progress(me, &notification_id, false, &mut writes);
-        let retry = retry.map(|delay| (delay, job));
         let ctx = self.ctx.clone();
         // The slot is released only once the outcome is durable: that is what bounds duplicates after a crash.
         self.ctx.submit(
@@ -257,20 +264,25 @@ impl ShardState {
                 if let Err(e) = &result {
                     ctx.telemetry.store_error(e);
                 }
-                dispatcher.release(owner, retry);
+                dispatcher.release(released, retry);
                 ctx.dispatch_all(jobs);
             }),
         );
     }
 
-    pub(super) fn on_report(&mut self, me: &ActorRef<ShardMsg>, report: Report) {
-        let Some(notification_id) = self.by_delivery.get(&report.delivery_id).cloned() else {
+    pub(super) fn on_report(&mut self, me: &ActorRef<ShardMsg>, report: Report, notification_id: &str) {
+        let Some((index, open)) =
+            self.open.get_mut(notification_id).and_then(|open| Some((open.delivery_index(&report.delivery_id)?, open)))
+        else {
             tracing::debug!(provider = report.provider.as_str(), "report for a delivery that is already final");
             return;
         };
-        let Some(open) = self.open.get_mut(&notification_id) else { return };
-        let Some(delivery) = open.deliveries.iter_mut().find(|d| d.id == report.delivery_id) else { return };
+        if report.outcome == ReportOutcome::Progress {
+            // Changes nothing: the record is not touched (a shared one would be copied for nothing).
+            return;
+        }
         let now = Timestamp::now();
+        let delivery = open.delivery_mut(index);
         let changed = match &report.outcome {
             ReportOutcome::Progress => false,
             ReportOutcome::Delivered => delivery.advance(DeliveryStatus::Delivered, EventKind::Delivered, None, now),
@@ -282,13 +294,13 @@ impl ShardState {
             return;
         }
         if delivery.provider_message_id.is_none() {
-            delivery.provider_message_id = report.provider_message_id.clone();
+            delivery.provider_message_id = report.provider_message_id.as_deref().map(Box::from);
         }
         if let Some(o) = Outcome::of(delivery.status) {
             self.ctx.telemetry.outcome(report.provider, o);
         }
-        let mut writes = vec![Write::PutDelivery(Arc::new(delivery.clone()))];
-        let jobs = self.progress(me, &notification_id, false, &mut writes);
+        let mut writes = vec![Write::PutDelivery(open.deliveries[index].clone())];
+        let jobs = self.progress(me, notification_id, false, &mut writes);
         let ctx = self.ctx.clone();
         self.ctx.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
     }
@@ -300,19 +312,19 @@ impl ShardState {
         let now = Timestamp::now();
         let mut writes = Vec::new();
         let mut jobs = Vec::new();
-        for delivery_id in self.report_waits.expired(Instant::now()) {
-            let Some(notification_id) = self.by_delivery.get(&delivery_id).cloned() else { continue };
+        for (notification_id, delivery_id) in self.report_waits.expired(Instant::now()) {
             let Some(open) = self.open.get_mut(&notification_id) else { continue };
-            let Some(delivery) = open.deliveries.iter_mut().find(|d| d.id == delivery_id) else { continue };
-            if delivery.status != DeliveryStatus::Sent {
+            let Some(index) = open.delivery_index(&delivery_id) else { continue };
+            if open.deliveries[index].status != DeliveryStatus::Sent {
                 continue;
             }
             let reason =
                 format!("report_timeout: no delivery report within {} ms", self.ctx.settings.report_timeout_ms);
+            let delivery = open.delivery_mut(index);
             if delivery.advance(DeliveryStatus::Failed, EventKind::Failed, Some(reason), now) {
                 self.ctx.telemetry.report_timeout(delivery.provider);
                 self.ctx.telemetry.outcome(delivery.provider, Outcome::Failed);
-                writes.push(Write::PutDelivery(Arc::new(delivery.clone())));
+                writes.push(Write::PutDelivery(open.deliveries[index].clone()));
                 jobs.extend(self.progress(me, &notification_id, false, &mut writes));
             }
         }
@@ -364,22 +376,21 @@ impl ShardState {
             self.reopen(stored);
         }
         let open = self.open.get_mut(&id).expect("just opened");
-        let Some(delivery) =
-            open.deliveries.iter_mut().find(|d| d.id == delivery_id && d.status == DeliveryStatus::Dead)
+        let Some(index) = open.deliveries.iter().position(|d| d.id == delivery_id && d.status == DeliveryStatus::Dead)
         else {
             return drop(reply.send(Err(EngineError::Conflict("delivery is not dead-lettered".into()))));
         };
         let now = Timestamp::now();
+        let delivery = open.delivery_mut(index);
         delivery.status = DeliveryStatus::Queued;
         delivery.attempts = 0;
         delivery.events.push(crate::domain::Event { kind: EventKind::Replayed, at: now, reason: None });
         delivery.updated_at = now;
-        let delivery = delivery.clone();
-        let mut writes = vec![Write::PutDelivery(Arc::new(delivery.clone()))];
+        let mut writes = vec![Write::PutDelivery(open.deliveries[index].clone())];
         // Reopened: its old final status no longer counts for its campaign (it counts again when it ends).
         count_campaign_final(&open.notification, -1, &mut writes);
-        open.notification.status = NotificationStatus::Dispatching;
-        let mut jobs = vec![job_for(open, &delivery, me)];
+        open.notification_mut().status = NotificationStatus::Dispatching;
+        let mut jobs = vec![job_for(open, index, me)];
         jobs.extend(self.progress(me, &id, true, &mut writes));
         let ctx = self.ctx.clone();
         self.ctx.submit(
@@ -406,15 +417,16 @@ pub(super) enum AfterAccept {
 /// and their outcome or report is still recorded).
 pub(super) fn cancel_unhanded(open: &mut Open, now: Timestamp, writes: &mut Vec<Write>) {
     open.cancelled = true;
-    for delivery in
-        open.deliveries.iter_mut().filter(|d| matches!(d.status, DeliveryStatus::Queued | DeliveryStatus::Retrying))
-    {
+    for index in 0..open.deliveries.len() {
+        if !matches!(open.deliveries[index].status, DeliveryStatus::Queued | DeliveryStatus::Retrying) {
+            continue;
+        }
         let not_handed =
-            open.handoffs.iter().find(|(id, _)| *id == delivery.id).is_none_or(|(_, h)| {
+            open.handoffs.iter().find(|(i, _)| *i as usize == index).is_none_or(|(_, h)| {
                 h.compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok()
             });
-        if not_handed && delivery.advance(DeliveryStatus::Cancelled, EventKind::Cancelled, None, now) {
-            writes.push(Write::PutDelivery(Arc::new(delivery.clone())));
+        if not_handed && open.delivery_mut(index).advance(DeliveryStatus::Cancelled, EventKind::Cancelled, None, now) {
+            writes.push(Write::PutDelivery(open.deliveries[index].clone()));
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::domain::{
     Channel, Delivery, DeliveryId, DeliveryStatus, Device, Notification, NotificationId, NotificationStatus,
     Preferences, Sequence, SequenceId, User,
 };
-use crate::providers::{Accepted, ProviderError, Report, SendRequest};
+use crate::providers::{Accepted, ProviderError, Report};
 use crate::store::{StoredNotification, Write};
 use crate::telemetry::Outcome;
 
@@ -51,7 +51,8 @@ pub enum ShardMsg {
     PutPreferences(String, Preferences, Reply<User>),
     Accept(Box<NewNotification>, Reply<AcceptReply>),
     Outcome(Box<SendOutcome>),
-    Report(Report),
+    /// A delivery report, with the id of the delivery's notification.
+    Report(Report, NotificationId),
     /// Cancel what has not been handed to a provider. Carries the stored notification in case it is scheduled
     /// and not in memory.
     Cancel(Box<StoredNotification>, Reply<NotificationStatus>),
@@ -93,28 +94,52 @@ pub struct ShardArgs {
     pub users: Vec<User>,
 }
 
+/// A notification this shard has in memory: scheduled, or with deliveries not all final. One is kept per queued
+/// notification, so it is kept small (issue #6: ≤ 2 KiB each with 1,000,000 queued, `docs/performance.md`).
 struct Open {
-    notification: Notification,
-    deliveries: Vec<Delivery>,
-    /// The hand-off flag of each delivery's current job (a notification has one or a few: a list, not a map).
-    handoffs: Vec<(DeliveryId, Arc<AtomicU8>)>,
-    /// Ad-hoc recipients have no stored user; their synthesized one is kept here (boxed: an `Open` is kept per
-    /// queued notification, and most have a stored user).
+    /// Shared with the writes that carry it to the store, so a write costs a reference count; a change made
+    /// while a write still holds it copies it first (`Arc::make_mut`).
+    notification: Arc<Notification>,
+    /// Shared the same way, and with the delivery's dispatcher job while it is queued. Append-only: an index
+    /// names a delivery for the notification's life here. Exact capacity (most notifications have one).
+    deliveries: Vec<Arc<Delivery>>,
+    /// The hand-off flag of a delivery's current job, by index in `deliveries` (a notification has one or a
+    /// few: a list, not a map).
+    handoffs: Vec<(u32, Arc<AtomicU8>)>,
+    /// Ad-hoc recipients have no stored user; their synthesized one is kept here (boxed: most have a stored
+    /// user).
     adhoc_user: Option<Box<User>>,
     cancelled: bool,
     accepted_at: Instant,
 }
 
 impl Open {
-    fn new(notification: Notification, deliveries: Vec<Delivery>, adhoc_user: Option<User>) -> Open {
-        Open {
-            notification,
-            deliveries,
+    /// Boxed: the shard's map then holds a pointer per entry, and its free slots (up to half of them right after
+    /// it grows) cost 32 bytes each instead of an `Open`'s size.
+    fn new(notification: Notification, deliveries: Vec<Delivery>, adhoc_user: Option<User>) -> Box<Open> {
+        Box::new(Open {
+            notification: Arc::new(notification),
+            deliveries: deliveries.into_iter().map(Arc::new).collect(),
             handoffs: Vec::new(),
             adhoc_user: adhoc_user.map(Box::new),
             cancelled: false,
             accepted_at: Instant::now(),
-        }
+        })
+    }
+
+    /// The notification record, to change (copied first if a pending write still holds it).
+    fn notification_mut(&mut self) -> &mut Notification {
+        Arc::make_mut(&mut self.notification)
+    }
+
+    /// The delivery at `index`, to change (copied first if a pending write or its queued job still holds it).
+    fn delivery_mut(&mut self, index: usize) -> &mut Delivery {
+        Arc::make_mut(&mut self.deliveries[index])
+    }
+
+    /// The index of the delivery with this id.
+    fn delivery_index(&self, delivery_id: &str) -> Option<usize> {
+        self.deliveries.iter().position(|d| d.id == delivery_id)
     }
 }
 
@@ -127,8 +152,9 @@ pub struct ShardState {
     ctx: Arc<EngineCtx>,
     index: usize,
     users: HashMap<String, User>,
-    open: HashMap<NotificationId, Open>,
-    by_delivery: HashMap<DeliveryId, NotificationId>,
+    /// Open notifications by id. Deliveries are found through their notification: a provider outcome comes
+    /// with its job, a delivery report with the notification id the store holds for its delivery.
+    open: HashMap<NotificationId, Box<Open>>,
     /// Deliveries in `sent`, waiting for their report.
     report_waits: ReportWaits,
     /// Scheduled sends due inside the loaded window, and sequence step deadlines.
@@ -154,7 +180,6 @@ impl Actor for Shard {
             index: args.index,
             users: args.users.into_iter().map(|u| (u.id.clone(), u)).collect(),
             open: HashMap::new(),
-            by_delivery: HashMap::new(),
             report_waits: ReportWaits::new(Duration::from_millis(args.ctx.settings.report_timeout_ms)),
             timers: Timers::default(),
             sched_until: Timestamp::UNIX_EPOCH,
@@ -186,7 +211,7 @@ impl Actor for Shard {
                 st.accept(&me, *req, reply);
             }
             ShardMsg::Outcome(outcome) => st.on_outcome(&me, *outcome),
-            ShardMsg::Report(report) => st.on_report(&me, report),
+            ShardMsg::Report(report, notification_id) => st.on_report(&me, report, &notification_id),
             ShardMsg::Cancel(stored, reply) => st.cancel(&me, *stored, reply),
             ShardMsg::Patch(stored, patch, reply) => st.patch(&me, *stored, *patch, reply),
             ShardMsg::Replay(stored, delivery_id, reply) => st.replay(&me, *stored, &delivery_id, reply),
@@ -264,16 +289,12 @@ impl ShardState {
                 open.deliveries
                     .iter()
                     .filter(|d| d.status == DeliveryStatus::Sent)
-                    .map(|d| (d.updated_at, d.id.clone())),
+                    .map(|d| (d.updated_at, (id.clone(), d.id.clone()))),
             );
-            let waiting: Vec<Delivery> = open
-                .deliveries
-                .iter()
-                .filter(|d| matches!(d.status, DeliveryStatus::Queued | DeliveryStatus::Retrying))
-                .cloned()
-                .collect();
-            for d in &waiting {
-                jobs.push(job_for(open, d, me));
+            for index in 0..open.deliveries.len() {
+                if matches!(open.deliveries[index].status, DeliveryStatus::Queued | DeliveryStatus::Retrying) {
+                    jobs.push(job_for(open, index, me));
+                }
             }
             jobs.extend(self.progress(me, &id, false, &mut writes));
         }
@@ -296,9 +317,6 @@ impl ShardState {
     /// Puts a stored notification back in memory (restart, or a replay of a finished one).
     fn reopen(&mut self, stored: StoredNotification) {
         let StoredNotification { notification, deliveries } = stored;
-        for d in &deliveries {
-            self.by_delivery.insert(d.id.clone(), notification.id.clone());
-        }
         let adhoc_user = stored_adhoc_user(&notification);
         self.open.insert(notification.id.clone(), Open::new(notification, deliveries, adhoc_user));
     }
@@ -321,11 +339,7 @@ impl ShardState {
     fn forget(&mut self, id: &str) {
         self.timers.remove(&TimerKey::Send(id.to_string()));
         self.left_scheduled.remove(id);
-        if let Some(open) = self.open.remove(id) {
-            for d in &open.deliveries {
-                self.by_delivery.remove(&d.id);
-            }
-        }
+        self.open.remove(id);
     }
 }
 
@@ -340,7 +354,6 @@ fn plan_step(
     me: &ActorRef<ShardMsg>,
     writes: &mut Vec<Write>,
     jobs: &mut Vec<DeliveryJob>,
-    by_delivery: &mut HashMap<DeliveryId, NotificationId>,
 ) {
     let deliveries = {
         let fallback;
@@ -354,6 +367,7 @@ fn plan_step(
         };
         plan::deliveries_for(&open.notification, user, open.adhoc_user.is_some(), channel, now)
     };
+    open.deliveries.reserve_exact(deliveries.len());
     for d in deliveries {
         if let Some(item) = plan::inbox_item(&open.notification, &d, now) {
             writes.push(Write::PutInboxItem(item));
@@ -361,12 +375,13 @@ fn plan_step(
         if let Some(o) = Outcome::of(d.status) {
             ctx.telemetry.outcome(d.provider, o);
         }
-        if d.status == DeliveryStatus::Queued {
-            jobs.push(job_for(open, &d, me));
-        }
-        by_delivery.insert(d.id.clone(), open.notification.id.clone());
-        writes.push(Write::PutDelivery(Arc::new(d.clone())));
+        let d = Arc::new(d);
+        writes.push(Write::PutDelivery(d.clone()));
+        let queued = d.status == DeliveryStatus::Queued;
         open.deliveries.push(d);
+        if queued {
+            jobs.push(job_for(open, open.deliveries.len() - 1, me));
+        }
     }
 }
 
@@ -391,25 +406,23 @@ fn arm_report_wait(waits: &mut ReportWaits, me: &ActorRef<ShardMsg>) {
     }
 }
 
-/// A dispatcher job for a queued delivery; registers its hand-off flag so it can be cancelled.
-fn job_for(open: &mut Open, d: &Delivery, me: &ActorRef<ShardMsg>) -> DeliveryJob {
+/// A dispatcher job for the queued delivery at `index`; registers its hand-off flag so it can be cancelled.
+fn job_for(open: &mut Open, index: usize, me: &ActorRef<ShardMsg>) -> DeliveryJob {
     let handoff = Arc::new(AtomicU8::new(QUEUED));
-    match open.handoffs.iter_mut().find(|(id, _)| *id == d.id) {
+    let key = u32::try_from(index).expect("a notification has few deliveries");
+    match open.handoffs.iter_mut().find(|(i, _)| *i == key) {
         Some((_, flag)) => *flag = handoff.clone(),
-        None => open.handoffs.push((d.id.clone(), handoff.clone())),
+        None => {
+            open.handoffs.reserve_exact(1);
+            open.handoffs.push((key, handoff.clone()));
+        }
     }
-    let content = open.notification.content(d.channel).cloned().unwrap_or_default();
+    let delivery = open.deliveries[index].clone();
+    let content = open.notification.content(delivery.channel).cloned().unwrap_or_default();
     DeliveryJob {
-        request: SendRequest {
-            delivery_id: d.id.clone(),
-            address: d.address.clone(),
-            content,
-            priority: d.priority,
-            attempt: d.attempts,
-        },
-        notification_id: open.notification.id.clone(),
-        owner: Arc::from(d.owner.as_str()),
-        provider: d.provider,
+        attempt: delivery.attempts,
+        delivery,
+        content,
         accepted_at: open.accepted_at,
         handoff,
         shard: me.clone(),

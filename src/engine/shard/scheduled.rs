@@ -176,24 +176,24 @@ impl ShardState {
         if open.notification.status != NotificationStatus::Scheduled {
             return;
         }
-        let n = &mut open.notification;
+        let n = open.notification_mut();
         let due_ms = n.send_at.map_or(0, |t| t.as_millisecond());
         n.updated_at = now;
         if n.expires_at.is_some_and(|expires| expires <= now) {
             n.status = NotificationStatus::Failed;
             n.reason = Some("expired: expires_at passed before the send was due".into());
             count_campaign_final(n, 1, writes);
-            writes.push(Write::PutNotification(Arc::new(n.clone())));
+            writes.push(Write::PutNotification(open.notification.clone()));
             self.open.remove(id);
             left.push((id.to_string(), due_ms, self.leave_scheduled(id)));
             return;
         }
         let user = open.adhoc_user.as_deref().or_else(|| self.users.get(&open.notification.owner));
         if let Some(end) = user.and_then(|u| quiet_end(open.notification.priority, u, now)) {
-            let n = &mut open.notification;
+            let n = open.notification_mut();
             n.send_at = Some(end);
             n.reason = Some("quiet_hours".into());
-            writes.push(Write::PutNotification(Arc::new(n.clone())));
+            writes.push(Write::PutNotification(open.notification.clone()));
             if end <= self.sched_until {
                 self.timers.insert(TimerKey::Send(id.to_string()), end);
             } else {
@@ -201,7 +201,7 @@ impl ShardState {
             }
             return;
         }
-        let n = &mut open.notification;
+        let n = open.notification_mut();
         n.status = NotificationStatus::Dispatching;
         // Ordering among the recipient's sends follows when it is really sent, not when it was requested.
         n.seq = self.ctx.next_seq();
@@ -218,11 +218,12 @@ impl ShardState {
     }
 
     /// DELETE of a scheduled notification, in memory or only in the store.
-    pub(super) fn cancel_scheduled(&mut self, mut notification: Notification, reply: Reply<NotificationStatus>) {
+    pub(super) fn cancel_scheduled(&mut self, notification: Notification, reply: Reply<NotificationStatus>) {
         let id = notification.id.clone();
-        if let Some(open) = self.open.remove(&id) {
-            notification = open.notification;
-        }
+        let mut notification = match self.open.remove(&id) {
+            Some(open) => Arc::unwrap_or_clone(open.notification),
+            None => notification,
+        };
         self.timers.remove(&TimerKey::Send(id.clone()));
         let now = self.ctx.clock.now();
         notification.status = NotificationStatus::Cancelled;
@@ -252,7 +253,7 @@ impl ShardState {
         reply: Reply<Notification>,
     ) {
         let id = stored.id.clone();
-        let mut n = self.open.get(&id).map_or(stored, |o| o.notification.clone());
+        let mut n = self.open.get(&id).map_or(stored, |o| Notification::clone(&o.notification));
         let now = self.ctx.clock.now();
         let settings = &self.ctx.scheduling;
         if n.status != NotificationStatus::Scheduled {
@@ -293,16 +294,16 @@ impl ShardState {
         }
         n.updated_at = now;
         self.timers.remove(&TimerKey::Send(id.clone()));
+        let record = Arc::new(n.clone());
         match self.open.get_mut(&id) {
-            Some(open) => open.notification = n.clone(),
+            Some(open) => open.notification = record.clone(),
             None => {
                 self.open.insert(id.clone(), Open::new(n.clone(), Vec::new(), adhoc_user));
             }
         }
         let shard = me.clone();
-        let record = n.clone();
         self.ctx.submit(
-            vec![Write::PutNotification(Arc::new(record))],
+            vec![Write::PutNotification(record)],
             Box::new(move |result| {
                 match &result {
                     Ok(()) => drop(shard.cast(ShardMsg::SchedCommitted(id))),

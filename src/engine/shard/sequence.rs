@@ -125,7 +125,7 @@ impl ShardState {
             status: NotificationStatus::Dispatching,
             current_channel: 0,
             idempotency_key: None,
-            metadata: step.metadata.clone(),
+            metadata: step.metadata.clone().map(Box::new),
             expires_at: None,
             send_at: None,
             reason: None,
