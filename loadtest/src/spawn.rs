@@ -73,7 +73,7 @@ impl Spawned {
             .arg(&ca_file)
             .arg("--report-url")
             .arg(format!("{herald_url}/webhooks/alimtalk"))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", child_log_filter())
             .stdin(Stdio::null())
             .stdout(log_file(&sandbox_log)?)
             .stderr(log_file(&sandbox_log)?)
@@ -105,7 +105,7 @@ impl Spawned {
             .arg("--data-dir")
             .arg(spawned.dir.join("data"))
             .arg("--no-sandbox")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", child_log_filter())
             .env("HERALD__PROVIDERS__EXTRA_ROOT_CA_FILE", &spawned.ca_file)
             .env("HERALD__PROVIDERS__FCM__BASE_URL", &spawned.sandbox_tls_url)
             .env("HERALD__PROVIDERS__FCM__TOKEN_URI", format!("{}/token", spawned.sandbox_tls_url))
@@ -270,6 +270,12 @@ fn parse_vm_hwm(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.trim_start_matches("VmHWM:").trim().strip_suffix("kB")?.trim().parse().ok()?;
     Some(kb * 1024)
+}
+
+/// The spawned processes log warnings and errors only, unless `HERALD_LOADTEST_LOG` gives their filter
+/// (e.g. `info,herald::store=debug`).
+fn child_log_filter() -> String {
+    std::env::var("HERALD_LOADTEST_LOG").unwrap_or_else(|_| "warn".into())
 }
 
 #[cfg(test)]
