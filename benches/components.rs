@@ -5,6 +5,7 @@
 //! - `templates` — rendering `{{param}}` templates, and the 422 of a missing parameter ([`templates`]).
 //! - `idempotency` — the idempotency index holding 1,000,000 keys ([`idempotency`]).
 //! - `group_commit` — store submits with commit callbacks, embedded (redb, fsync) and Redis ([`group_commit`]).
+//! - `push_lifecycle` — a scheduled push's fire and outcome writes until applied, embedded ([`push_lifecycle`]).
 //!
 //! Run: `cargo bench --bench components -- --warm-up-time 1 --measurement-time 3`; figures in
 //! `docs/performance.md`.
@@ -18,6 +19,8 @@ use herald::config::Settings;
 mod group_commit;
 #[path = "components/idempotency.rs"]
 mod idempotency;
+#[path = "components/push_lifecycle.rs"]
+mod push_lifecycle;
 #[path = "components/rate_limit.rs"]
 mod rate_limit;
 #[path = "components/routing.rs"]
@@ -38,6 +41,7 @@ criterion_group!(
     rate_limit::rate_limit,
     templates::templates,
     idempotency::idempotency,
-    group_commit::group_commit
+    group_commit::group_commit,
+    push_lifecycle::push_lifecycle
 );
 criterion_main!(benches);

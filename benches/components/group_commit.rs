@@ -82,7 +82,7 @@ fn bench_backend(group: &mut BenchmarkGroup<WallTime>, name: &str, store: &dyn S
 }
 
 /// Submits every batch entry with its own callback and waits for the last callback; panics if any failed.
-fn run_batch(store: &dyn Store, batch: Vec<Vec<Write>>) {
+pub fn run_batch(store: &dyn Store, batch: Vec<Vec<Write>>) {
     let size = batch.len();
     let (done_tx, done_rx) = mpsc::channel();
     let ok = Arc::new(AtomicUsize::new(0));
@@ -106,7 +106,7 @@ fn run_batch(store: &dyn Store, batch: Vec<Vec<Write>>) {
 }
 
 /// `size` submits, each an accepted push notification and its queued delivery, with fresh ids.
-fn pairs(size: usize) -> Vec<Vec<Write>> {
+pub fn pairs(size: usize) -> Vec<Vec<Write>> {
     let now = Timestamp::now();
     let content = Arc::new(Rendered {
         title: Some("Order shipped".into()),
