@@ -1,7 +1,8 @@
 //! A 429 storm (docs/engine-semantics.md, "Rate limits and back-pressure"): the sandbox's FCM answers every
 //! request with 429 and `Retry-After: 2` for 10 s. Herald must send nothing to FCM within 2 s of a 429 answer
 //! (apart from requests already in flight when it arrived), spend at most 4 attempts on any delivery, and
-//! deliver everything once the storm is over.
+//! deliver everything once the storm is over. A notification whose `expires_at` passes while it waits for its
+//! retry is failed at the retry's hand-off, not sent.
 
 mod app;
 
@@ -136,5 +137,31 @@ async fn the_low_lane_never_holds_the_last_quarter_of_the_in_flight_slots() {
         low_at.iter().map(|&t| low_at.iter().filter(|&&s| s <= t && t < s + LATENCY_MS).count()).max();
     assert_eq!(most_low_at_once, Some(MAX_IN_FLIGHT - MAX_IN_FLIGHT / 4), "low sends in flight at once: {low_at:?}");
     assert!(high_at.iter().all(|&t| t < *low_at.last().unwrap()), "high sends overtook the low backlog");
+    app.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_expires_while_it_waits_for_its_retry_is_failed_not_sent() {
+    let app = spawn_app_with(|_| {}).await;
+    app.user("expiring", &[("expiring-token", "android")]).await;
+    // Every FCM answer is a 429 asking for 3 s: the first attempt is refused and the retry waits past the expiry.
+    let storm = FaultSettings { rate_limit_rate: 1.0, retry_after_s: 3, ..Default::default() };
+    app.sandbox().set_faults(ProviderKind::Fcm, storm);
+    let expires_at = jiff::Timestamp::now() + jiff::SignedDuration::from_millis(1_500);
+    let id = app
+        .send(json!({"user_id": "expiring", "channels": ["push"], "expires_at": expires_at.to_string(),
+                     "content": {"title": "flash sale", "body": "ends soon"}}))
+        .await;
+
+    let n = app.wait_final(&id).await;
+    assert_eq!(n["status"], "failed", "{n:#}");
+    let delivery = &n["deliveries"][0];
+    assert_eq!(delivery["status"], "failed", "{n:#}");
+    assert_eq!(delivery["attempts"], 1, "the expired retry is not an attempt: {n:#}");
+    let reason = delivery["events"].as_array().unwrap().last().unwrap()["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("expired"), "the failure says why: {n:#}");
+    let requests = app.sandbox().requests(ProviderKind::Fcm);
+    assert_eq!(requests.len(), 1, "only the first attempt reached FCM: {requests:?}");
+    assert_eq!(requests[0].status, 429);
     app.running.stop().await;
 }

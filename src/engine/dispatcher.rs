@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use jiff::Timestamp;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::config::DispatchLimits;
@@ -54,6 +55,9 @@ pub struct DeliveryJob {
     pub handoff: Arc<AtomicU8>,
     /// The shard that owns the delivery and records its outcome.
     pub shard: ActorRef<ShardMsg>,
+    /// The notification's `expires_at`: a job still queued (or waiting for a retry) then is failed at its
+    /// hand-off instead of sent.
+    pub expires_at: Option<Timestamp>,
 }
 
 impl DeliveryJob {
@@ -360,6 +364,16 @@ impl DispatcherState {
         let telemetry = self.telemetry.clone();
         let probing = self.probing.clone();
         let me = myself.clone();
+        // An expired job is failed without an attempt: nothing reaches the provider.
+        if job.expires_at.is_some_and(|expires| expires <= Timestamp::now()) {
+            let expired =
+                ProviderError::new(kind, ErrorClass::Permanent, "expired", "expires_at passed before the send");
+            let shard = job.shard.clone();
+            if let Err(e) = shard.cast(ShardMsg::Outcome(Box::new(SendOutcome { job, result: Err(expired) }))) {
+                tracing::error!(error = %e, "shard is gone; outcome left for restart recovery");
+            }
+            return;
+        }
         job.attempt += 1;
         tokio::spawn(async move {
             let request = job.request();

@@ -197,7 +197,7 @@ impl ShardState {
 
     pub(super) fn on_outcome(&mut self, me: &ActorRef<ShardMsg>, outcome: SendOutcome) {
         let SendOutcome { job, result } = outcome;
-        let DeliveryJob { delivery: sent, content, attempt, accepted_at, handoff, shard } = job;
+        let DeliveryJob { delivery: sent, content, attempt, accepted_at, handoff, shard, expires_at } = job;
         let provider = sent.provider;
         let dispatcher = self.ctx.dispatcher(provider).clone();
         let notification_id = sent.notification_id.clone();
@@ -249,7 +249,15 @@ impl ShardState {
                     writes.push(Write::PutUser(Arc::new(user.clone())));
                 }
                 retry = retry_delay.map(|delay| {
-                    let job = DeliveryJob { delivery: delivery.clone(), content, attempt, accepted_at, handoff, shard };
+                    let job = DeliveryJob {
+                        delivery: delivery.clone(),
+                        content,
+                        attempt,
+                        accepted_at,
+                        handoff,
+                        shard,
+                        expires_at,
+                    };
                     (delay, job)
                 });
                 delivery

@@ -426,5 +426,6 @@ fn job_for(open: &mut Open, index: usize, me: &ActorRef<ShardMsg>) -> DeliveryJo
         accepted_at: open.accepted_at,
         handoff,
         shard: me.clone(),
+        expires_at: open.notification.expires_at,
     }
 }
