@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use herald::domain::{DeliveryStatus, Notification, NotificationStatus};
+use herald::domain::{Delivery, DeliveryStatus, Notification, NotificationStatus};
 use herald::store::{EmbeddedStore, Store, Write};
 use jiff::{SignedDuration, Timestamp};
 
@@ -54,7 +54,7 @@ pub fn push_lifecycle(c: &mut Criterion) {
     group.finish();
 }
 
-type Pair = (Notification, herald::domain::Delivery);
+type Pair = (Notification, Delivery);
 
 /// Puts [`PUSHES`] scheduled notifications and waits until they are applied; returns them with the delivery
 /// each will get at its fire.
@@ -81,7 +81,7 @@ fn schedule(store: &dyn Store, runtime: &tokio::runtime::Runtime, seq: &mut u64)
 }
 
 /// The fire's writes and the outcome's writes of one push.
-fn lifecycle(mut n: Notification, mut d: herald::domain::Delivery, seq: &mut u64) -> (Vec<Write>, Vec<Write>) {
+fn lifecycle(mut n: Notification, mut d: Delivery, seq: &mut u64) -> (Vec<Write>, Vec<Write>) {
     *seq += 1;
     n.seq = *seq;
     n.status = NotificationStatus::Dispatching;

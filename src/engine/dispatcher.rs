@@ -359,11 +359,7 @@ impl DispatcherState {
     }
 
     fn spawn_send(&self, myself: &ActorRef<DispatcherMsg>, mut job: DeliveryJob) {
-        let provider = self.provider.clone();
         let kind = self.kind;
-        let telemetry = self.telemetry.clone();
-        let probing = self.probing.clone();
-        let me = myself.clone();
         // An expired job is failed without an attempt: nothing reaches the provider.
         if job.expires_at.is_some_and(|expires| expires <= Timestamp::now()) {
             let expired =
@@ -374,6 +370,10 @@ impl DispatcherState {
             }
             return;
         }
+        let provider = self.provider.clone();
+        let telemetry = self.telemetry.clone();
+        let probing = self.probing.clone();
+        let me = myself.clone();
         job.attempt += 1;
         tokio::spawn(async move {
             let request = job.request();
