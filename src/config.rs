@@ -60,10 +60,6 @@ pub struct ServerSettings {
     pub request_timeout_ms: u64,
 }
 
-fn default_cache_mb() -> usize {
-    crate::store::DEFAULT_CACHE_MB
-}
-
 fn default_campaign_body_bytes() -> usize {
     32 * 1024 * 1024
 }
@@ -71,14 +67,11 @@ fn default_campaign_body_bytes() -> usize {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
-    /// `embedded` (redb under `data_dir`) or `redis` (`[store.redis]`).
+    /// `embedded` (record segments under `data_dir`) or `redis` (`[store.redis]`).
     pub backend: String,
     pub data_dir: PathBuf,
     /// Most writes in one group commit.
     pub commit_batch_max: usize,
-    /// The embedded store's page cache, MiB (it counts in the process's memory like any other buffer).
-    #[serde(default = "default_cache_mb")]
-    pub cache_mb: usize,
     /// Used when `backend = "redis"`.
     #[serde(default)]
     pub redis: RedisSettings,
@@ -243,9 +236,6 @@ impl Settings {
                 }
             }
             _ => return invalid("store.backend", "must be `embedded` or `redis`"),
-        }
-        if self.store.cache_mb == 0 {
-            return invalid("store.cache_mb", "must be at least 1");
         }
         if self.store.commit_batch_max == 0 {
             return invalid("store.commit_batch_max", "must be at least 1");

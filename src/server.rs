@@ -90,7 +90,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     let store = &settings.store;
     Ok(match store.backend.as_str() {
         "redis" => RedisStore::open(&store.redis, store.commit_batch_max).await.context("opening the redis store")?,
-        _ => EmbeddedStore::open_with_cache(&store.data_dir, store.commit_batch_max, store.cache_mb)
+        _ => EmbeddedStore::open(&store.data_dir, store.commit_batch_max)
             .with_context(|| format!("opening the store in {}", store.data_dir.display()))?,
     })
 }

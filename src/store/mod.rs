@@ -22,7 +22,7 @@ mod codec;
 pub mod embedded;
 pub mod redis;
 
-pub use embedded::{DEFAULT_CACHE_MB, EmbeddedStore};
+pub use embedded::EmbeddedStore;
 pub use redis::RedisStore;
 
 /// One change to durable state. The backend keeps its secondary indexes (open deliveries, DLQ, inbox order)

@@ -1,16 +1,17 @@
-//! The checkpointer thread: applies what the writer logged to redb, in the background.
+//! The checkpointer thread: applies what the writer logged to the record segments and the index, in the
+//! background.
 //!
 //! It collects logged records for up to [`INTERVAL`] (or [`MAX_OPS`] ops, or until a read asks for them),
 //! keeps only the last of several puts of one record ([`coalesce`]: a push that is fired and sent within one
-//! checkpoint is written once, not twice per record), applies them in one durable transaction that also
-//! records the last LSN applied, publishes that LSN, which reads wait for (a read sees every write
-//! acknowledged before it started), and deletes the log segments the checkpoint covers. After a crash, replay
-//! resumes from the last checkpoint. (Non-durable redb commits in between were tried: redb keeps their pages in
-//! its write buffer until a durable one, so checkpoints grew slower the longer they ran.)
+//! checkpoint is stored once, not twice per record), appends them with a checkpoint mark to the newest segment
+//! and points the index at them (`apply.rs`), publishes the LSN, which reads wait for (a read sees every write
+//! acknowledged before it started), syncs the segment and deletes the log segments the checkpoint covers.
+//! After a crash, replay resumes from the last mark. Between checkpoints it starts a new segment when the
+//! newest is full and compacts one mostly-dead segment (`compact.rs`).
 //!
-//! An op that fails because the record it reads back is corrupt is logged and skipped (the write was already
-//! acknowledged; refusing it would wedge every later one). Any other failure (I/O) is retried with a growing
-//! pause; while it lasts, reads and `health` answer `Unavailable`.
+//! A failed write of the segment is retried with a growing pause; while it lasts, reads and `health` answer
+//! `Unavailable`. A failed sync stops the log from being trimmed for the rest of the process (after a failed
+//! fsync the kernel may have dropped the pages, and only the log still has them for sure).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,16 +20,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use redb::Database;
+use jiff::Timestamp;
+use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use super::apply;
+use super::apply::{self, State};
+use super::compact;
 use super::encode::Op;
 use super::wal;
+use crate::store::StoreError;
 
-/// Ops applied in one transaction at most (a record is never split, so one may overshoot): redb keeps a
-/// transaction's dirty pages in its write buffer (half of `store.cache_mb`), and a transaction that outgrows it
-/// writes pages out and reads them back.
+/// Ops applied in one checkpoint at most (a record is never split, so one may overshoot).
 pub const MAX_OPS: usize = 20_000;
 /// How long records are collected before they are applied, unless a read is waiting for them.
 pub const INTERVAL: Duration = Duration::from_millis(200);
@@ -58,9 +60,10 @@ pub struct Progress {
     pub closing: AtomicBool,
 }
 
-/// The checkpointer's loop. Returns when the writer is gone and everything it logged is applied durably.
-pub fn run(db: Arc<Database>, queue: Receiver<Msg>, wal_dir: PathBuf, progress: Arc<Progress>) {
+/// The checkpointer's loop. Returns when the writer is gone and everything it logged is applied.
+pub fn run(state: Arc<RwLock<State>>, queue: Receiver<Msg>, wal_dir: PathBuf, progress: Arc<Progress>) {
     let mut open = true;
+    let mut trim_log = true;
     while open {
         let first = match queue.recv() {
             Ok(Msg::Logged(first)) => first,
@@ -84,12 +87,96 @@ pub fn run(db: Arc<Database>, queue: Receiver<Msg>, wal_dir: PathBuf, progress: 
             }
         }
         let started = Instant::now();
-        let Some(applied) = apply_with_retries(&db, &batch, &progress) else { return };
         let lsn = batch.last().expect("one record at least").lsn;
-        let ms = started.elapsed().as_millis() as u64;
-        tracing::debug!(records = batch.len(), ops, applied, ms, "checkpoint");
+        // Written under the same hold of the lock as the index change: a reader never finds a frame that is not
+        // in the file yet.
+        let (applied, written) = {
+            let mut state = state.write();
+            let applied = apply::apply(&mut state, &coalesce(&batch), lsn, Timestamp::now());
+            (applied, state.segments.flush())
+        };
+        drop(batch);
+        if !retry_flush(&state, &progress, written) {
+            return;
+        }
         progress.applied.send_replace(lsn);
-        trim(&wal_dir, lsn);
+        trim_log &= sync(&state);
+        let ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(ops, applied, ms, "checkpoint");
+        if trim_log {
+            trim(&wal_dir, lsn);
+        }
+        if !maintain(&state, &progress, lsn, &mut trim_log) {
+            return;
+        }
+    }
+}
+
+/// Starts a new segment if the newest is full, then compacts one segment if one needs it. Returns false if the
+/// store closed while a write was failing.
+fn maintain(state: &RwLock<State>, progress: &Progress, lsn: u64, synced: &mut bool) -> bool {
+    if let Err(error) = state.write().segments.roll_if_full() {
+        tracing::error!(%error, "cannot start a new record segment; the newest one grows on");
+    }
+    let compacted = match compact::copy_live(state, lsn) {
+        Ok(Some(compacted)) => compacted,
+        Ok(None) => return true,
+        Err(error) => {
+            tracing::error!(%error, "compaction failed; the segment stays");
+            let written = state.write().segments.flush();
+            return retry_flush(state, progress, written);
+        }
+    };
+    *synced &= sync(state);
+    if !*synced {
+        return true;
+    }
+    match state.write().segments.remove(compacted.segment) {
+        Ok(()) => tracing::debug!(
+            segment = compacted.segment,
+            bytes = compacted.bytes,
+            moved = compacted.moved,
+            moved_bytes = compacted.moved_bytes,
+            "compacted a record segment"
+        ),
+        Err(error) => tracing::error!(%error, "cannot delete a compacted record segment"),
+    }
+    true
+}
+
+/// Retries writing the pending frames after `written` failed, with a growing pause, until it works; false if
+/// the store closed first (the log keeps the writes for the next start).
+fn retry_flush(state: &RwLock<State>, progress: &Progress, mut written: Result<(), StoreError>) -> bool {
+    let mut pause = RETRY_FIRST;
+    loop {
+        match written {
+            Ok(()) => {
+                progress.failing.store(false, Ordering::Relaxed);
+                return true;
+            }
+            Err(error) => {
+                tracing::error!(%error, "writing a checkpoint failed; retrying (the write-ahead log keeps the writes)");
+                progress.failing.store(true, Ordering::Relaxed);
+            }
+        }
+        if progress.closing.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(RETRY_MAX);
+        written = state.write().segments.flush();
+    }
+}
+
+/// Syncs the newest segment; false (logged) if that failed.
+fn sync(state: &RwLock<State>) -> bool {
+    let file = state.read().segments.active_file();
+    match file.sync_data() {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(%error, "syncing a record segment failed; the write-ahead log is kept from now on");
+            false
+        }
     }
 }
 
@@ -99,35 +186,9 @@ fn trim(wal_dir: &std::path::Path, lsn: u64) {
     }
 }
 
-/// Applies `batch`, retrying failures other than corrupt records until it lands, and returns how many ops it
-/// applied after coalescing; None if the store closed while it was still failing (its records stay in the log
-/// for the next start).
-fn apply_with_retries(db: &Database, batch: &[Logged], progress: &Progress) -> Option<usize> {
-    let ops = coalesce(batch);
-    let lsn = batch.last().expect("one record at least").lsn;
-    let mut pause = RETRY_FIRST;
-    loop {
-        match apply::commit_skipping_corrupt(db, &ops, lsn) {
-            Ok(applied) => {
-                progress.failing.store(false, Ordering::Relaxed);
-                return Some(applied);
-            }
-            Err(error) => {
-                tracing::error!(%error, "checkpoint failed; retrying (the write-ahead log keeps the writes)");
-                progress.failing.store(true, Ordering::Relaxed);
-                if progress.closing.load(Ordering::Relaxed) {
-                    return None;
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(RETRY_MAX);
-            }
-        }
-    }
-}
-
 /// The ops of `batch` in order, where a put of a record that a later op of the batch puts again is left out.
-/// Puts replace the whole record and the index upkeep reads the old state from the database, so applying only
-/// the last one ends in the same state. Ops that add to or edit what is stored (inbox items and read marks,
+/// Puts replace the whole record and the index upkeep follows the op alone, so applying only the last one ends
+/// in the same state. Ops that add to or edit what is stored (inbox items and read marks,
 /// audience pages, campaign counts) are all kept, in order.
 pub fn coalesce(batch: &[Logged]) -> Vec<&Op> {
     let total = batch.iter().map(|l| l.ops.len()).sum();
@@ -158,6 +219,7 @@ fn record_key(op: &Op) -> Option<(u8, &str)> {
         | Op::MarkRead { .. }
         | Op::MarkAllRead { .. }
         | Op::AudiencePage { .. }
-        | Op::CampaignFinal { .. } => return None,
+        | Op::CampaignFinal { .. }
+        | Op::CampaignCounts { .. } => return None,
     })
 }

@@ -1,12 +1,11 @@
-//! Turns [`Write`]s into [`Op`]s on the submitting thread: records become JSON bytes and every fact the writer
-//! needs for index maintenance (seq, open, scheduled or final, dead or not, expiry, unread, tags, active) is
-//! pulled out beforehand, so the single writer thread mostly does B-tree work (only read marks decode and
-//! rewrite an inbox item there).
+//! Turns [`Write`]s into [`Op`]s on the submitting thread: records become JSON bytes and every fact the index
+//! upkeep needs (seq, open, scheduled or final, dead or not, expiry, unread, tags, active) is pulled out
+//! beforehand, so neither the writer nor the checkpointer decodes a record (only read marks decode and rewrite
+//! an inbox item there). The same ops, in the same binary form, are what the log and the record segments hold.
 
 use jiff::Timestamp;
 
-use super::tables::idempotency_value;
-use crate::domain::{DeliveryStatus, NotificationStatus};
+use crate::domain::{DeliveryStatus, FinalCounts, NotificationStatus};
 pub use crate::store::codec::{from_json, to_json};
 use crate::store::{Placement, StoreError, Write};
 
@@ -78,6 +77,27 @@ pub enum Op {
         status: NotificationStatus,
         delta: i64,
     },
+    /// A campaign's final counts as they stand: what the record segments keep instead of the log's
+    /// [`Op::CampaignFinal`] deltas (never made from a [`Write`]).
+    CampaignCounts {
+        campaign: String,
+        counts: FinalCounts,
+    },
+}
+
+/// Encodes an idempotency value: the expiry prefix (ms, big-endian), then the entry's JSON.
+pub fn idempotency_value(expiry_ms: i64, json: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(8 + json.len());
+    value.extend_from_slice(&expiry_ms.to_be_bytes());
+    value.extend_from_slice(json);
+    value
+}
+
+/// Splits an idempotency value into its expiry and its JSON.
+pub fn split_idempotency_value(value: &[u8]) -> Result<(i64, &[u8]), StoreError> {
+    let (prefix, json) =
+        value.split_first_chunk::<8>().ok_or_else(|| StoreError::Corrupt("idempotency value too short".into()))?;
+    Ok((i64::from_be_bytes(*prefix), json))
 }
 
 /// Encodes a submission. Fails only if a record cannot be serialized, which the domain types never cause.

@@ -1,22 +1,31 @@
-//! The embedded backend: a write-ahead log and a redb file under the data directory.
+//! The embedded backend: a write-ahead log, then record segments with in-memory indexes, under the data
+//! directory.
 //!
 //! `submit` encodes on the caller's thread and queues the result for the writer ([`writer`]), which appends
 //! batches to the log ([`wal`]) durably (fdatasync) and then runs their callbacks in submission order. The
-//! checkpointer ([`checkpoint`]) applies logged batches to redb ([`apply`]) in the background. Reads run on read
-//! transactions (snapshots) in `spawn_blocking` ([`read`]) once every write acknowledged before them is applied.
-//! The table layout is in [`tables`]; see `docs/store.md` for the reasoning and the crash guarantee.
+//! checkpointer ([`checkpoint`]) appends logged ops to the record segments ([`segments`]) in the background
+//! and points the in-memory indexes ([`index`]) at them ([`apply`]), compacting mostly-dead segments
+//! ([`compact`]). Reads ([`read`]) look locations up under the state's lock, once every write acknowledged
+//! before them is applied, and read the frames after releasing it. At start the segments are scanned to
+//! rebuild the indexes and the log is replayed on top. See `docs/store.md` for the reasoning and the crash
+//! guarantee.
 
 mod apply;
 mod checkpoint;
+mod compact;
 mod encode;
+mod import;
+mod index;
+mod key;
 mod read;
-mod tables;
+mod segments;
 mod wal;
 mod writer;
 
 #[cfg(test)]
 mod tests;
 
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,21 +35,23 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use redb::{Database, ReadTransaction, ReadableDatabase};
+use parking_lot::RwLock;
 
 use crate::domain::{Campaign, Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
 use crate::store::{CommitCallback, Page, ScheduleCursor, Store, StoreError, StoredNotification, Write};
+use apply::State;
 use checkpoint::{Logged, Msg, Progress};
-use tables::db_error;
+use index::Index;
+use segments::Segments;
 use writer::{Submission, WriterStats};
 
-/// Name of the database file inside the data directory.
-pub const FILE_NAME: &str = "herald.redb";
+/// The file in the data directory that one store at a time holds a lock on.
+pub const LOCK_FILE: &str = "LOCK";
 
-/// The embedded [`Store`]: a write-ahead log, a redb file, the thread that appends to the log and the one that
-/// applies it to redb.
+/// The embedded [`Store`]: a write-ahead log, record segments with in-memory indexes, the thread that appends
+/// to the log and the one that applies it to the segments.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    state: Arc<RwLock<State>>,
     queue: Option<Sender<Submission>>,
     writer: Option<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
@@ -48,6 +59,8 @@ pub struct EmbeddedStore {
     wake: Option<SyncSender<Msg>>,
     stats: Arc<WriterStats>,
     progress: Arc<Progress>,
+    /// Held (locked) for as long as the store is open.
+    _lock: File,
 }
 
 /// Logged records the checkpointer may fall behind by before the writer waits for it.
@@ -55,32 +68,31 @@ const CHECKPOINT_QUEUE: usize = 1024;
 /// How long a read waits for the checkpointer to apply what was acknowledged before it.
 const READ_WAIT: Duration = Duration::from_secs(30);
 
-/// The page cache of [`EmbeddedStore::open`], in MiB (the config's `store.cache_mb` default).
-pub const DEFAULT_CACHE_MB: usize = 128;
-
 impl EmbeddedStore {
-    /// Opens (or creates) `dir/herald.redb`, creating `dir` if needed, and starts the writer thread. After a
-    /// crash redb recovers the last committed state here. `commit_batch_max` bounds the writes of one commit.
-    /// The page cache gets the default size ([`DEFAULT_CACHE_MB`]).
+    /// Opens (or creates) the store in `dir`, creating `dir` if needed: rebuilds the indexes from the record
+    /// segments, applies what only the log holds, and starts the writer and checkpointer threads. A store of an
+    /// earlier Herald (a `herald.redb` file) is imported first. `commit_batch_max` bounds the writes of one
+    /// commit. Fails if another store has `dir` open.
     pub fn open(dir: &Path, commit_batch_max: usize) -> Result<Arc<EmbeddedStore>, StoreError> {
-        Self::open_with_cache(dir, commit_batch_max, DEFAULT_CACHE_MB)
-    }
-
-    /// [`EmbeddedStore::open`] with a page cache of `cache_mb` MiB (redb's own default is 1 GiB, which a
-    /// server with a million queued notifications would fill: see `store.cache_mb` in the config).
-    pub fn open_with_cache(
-        dir: &Path,
-        commit_batch_max: usize,
-        cache_mb: usize,
-    ) -> Result<Arc<EmbeddedStore>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
-        let path = dir.join(FILE_NAME);
-        let db = Database::builder().set_cache_size(cache_mb.max(1) << 20).create(&path).map_err(db_error)?;
-        let db = Arc::new(db);
-        apply::create_tables(&db)?;
+        let lock = lock(dir)?;
+        let started = std::time::Instant::now();
+        let records_dir = dir.join(segments::DIR_NAME);
+        import::import_redb_if_present(dir, &records_dir)?;
+        let mut index = Index::default();
+        let (segments, scanned) = Segments::open(&records_dir, &mut index)?;
+        let mut state = State { index, segments };
         let wal_dir = dir.join(wal::DIR_NAME);
-        let applied = replay(&db, &wal_dir)?;
+        let applied = replay(&mut state, &wal_dir, scanned.lsn)?;
+        tracing::info!(
+            path = %dir.display(),
+            notifications = state.index.notifications.len(),
+            segments = state.segments.usage().len(),
+            ms = started.elapsed().as_millis() as u64,
+            "embedded store open"
+        );
+        let state = Arc::new(RwLock::new(state));
         let (queue, receiver) = mpsc::channel();
         let (to_checkpoint, logged) = mpsc::sync_channel(CHECKPOINT_QUEUE);
         let wake = to_checkpoint.clone();
@@ -96,8 +108,8 @@ impl EmbeddedStore {
         let checkpointer = std::thread::Builder::new()
             .name("herald-store-checkpoint".into())
             .spawn({
-                let (db, progress) = (db.clone(), progress.clone());
-                move || checkpoint::run(db, logged, wal_dir, progress)
+                let (state, progress) = (state.clone(), progress.clone());
+                move || checkpoint::run(state, logged, wal_dir, progress)
             })
             .map_err(spawn_error)?;
         let writer = std::thread::Builder::new()
@@ -107,15 +119,15 @@ impl EmbeddedStore {
                 move || writer::run(log, receiver, commit_batch_max.max(1), stats, to_checkpoint)
             })
             .map_err(spawn_error)?;
-        tracing::info!(path = %path.display(), commit_batch_max, "embedded store open");
         Ok(Arc::new(EmbeddedStore {
-            db,
+            state,
             queue: Some(queue),
             writer: Some(writer),
             checkpointer: Some(checkpointer),
             wake: Some(wake),
             stats,
             progress,
+            _lock: lock,
         }))
     }
 
@@ -124,15 +136,15 @@ impl EmbeddedStore {
         self.stats.commits.load(Ordering::Relaxed)
     }
 
-    /// Runs `query` on a fresh read transaction off the async runtime.
+    /// Runs `query` on the state off the async runtime, once everything acknowledged before is applied.
     async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&RwLock<State>) -> Result<T, StoreError> + Send + 'static,
     {
         self.applied_up_to(self.stats.durable_lsn.load(Ordering::Acquire)).await?;
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || query(&db.begin_read().map_err(db_error)?))
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || query(&state))
             .await
             .map_err(|e| StoreError::Unavailable(format!("store read task failed: {e}")))?
     }
@@ -160,15 +172,30 @@ impl EmbeddedStore {
     }
 }
 
-/// Applies every record of the log that the database does not have yet (in checkpoints of up to
-/// [`checkpoint::MAX_OPS`] ops, coalesced as the checkpointer does), and empties the log; returns the last LSN
-/// applied (where the log continues).
-fn replay(db: &Database, wal_dir: &Path) -> Result<u64, StoreError> {
-    let applied = apply::wal_applied(db)?;
+/// Takes the data directory's lock, so two stores never write one directory.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    file.try_lock().map_err(|e| {
+        StoreError::Unavailable(format!("{} is in use by another Herald ({}): {e}", dir.display(), path.display()))
+    })?;
+    Ok(file)
+}
+
+/// Applies every record of the log that the segments do not have yet (in checkpoints of up to
+/// [`checkpoint::MAX_OPS`] ops, coalesced as the checkpointer does), syncs, and empties the log; returns the
+/// last LSN applied (where the log continues).
+fn replay(state: &mut State, wal_dir: &Path, applied: u64) -> Result<u64, StoreError> {
     let (mut batch, mut ops, mut replayed) = (Vec::new(), 0, 0);
-    let flush = |batch: &mut Vec<Logged>| -> Result<usize, StoreError> {
+    let mut flush = |batch: &mut Vec<Logged>| -> Result<usize, StoreError> {
         let Some(last) = batch.last() else { return Ok(0) };
-        let applied = apply::commit_skipping_corrupt(db, &checkpoint::coalesce(batch), last.lsn)?;
+        let applied = apply::apply(state, &checkpoint::coalesce(batch), last.lsn, Timestamp::now());
+        state.segments.flush()?;
         batch.clear();
         Ok(applied)
     };
@@ -185,8 +212,11 @@ fn replay(db: &Database, wal_dir: &Path) -> Result<u64, StoreError> {
     })?;
     replayed += flush(&mut batch)?;
     let applied = applied.max(last);
-    apply::commit_skipping_corrupt(db, &[], applied)?;
+    if last > 0 {
+        state.segments.active_file().sync_data().map_err(|e| StoreError::Unavailable(format!("syncing: {e}")))?;
+    }
     wal::remove_all(wal_dir)?;
+    state.segments.roll_if_full()?;
     if replayed > 0 {
         tracing::info!(writes = replayed, lsn = applied, "replayed the write-ahead log");
     }
@@ -196,8 +226,8 @@ fn replay(db: &Database, wal_dir: &Path) -> Result<u64, StoreError> {
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         // Closing the queue lets the writer finish what is queued and exit, which closes the checkpointer's
-        // queue in turn; joining both means the file is closed when the drop returns, so it can be reopened at
-        // once.
+        // queue in turn; joining both means the files are closed and the lock released when the drop returns,
+        // so the store can be reopened at once.
         drop(self.queue.take());
         drop(self.wake.take());
         self.progress.closing.store(true, Ordering::Relaxed);
@@ -242,16 +272,16 @@ impl Store for EmbeddedStore {
 
     async fn notification(&self, id: &str) -> Result<Option<StoredNotification>, StoreError> {
         let id = id.to_string();
-        self.read(move |txn| read::notification(txn, &id)).await
+        self.read(move |state| read::notification(state, &id)).await
     }
 
     async fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
         let id = id.to_string();
-        self.read(move |txn| read::delivery(txn, &id)).await
+        self.read(move |state| read::delivery(state, &id)).await
     }
 
     async fn idempotency_entries(&self, now: Timestamp) -> Result<Vec<(String, IdempotencyEntry)>, StoreError> {
-        self.read(move |txn| read::idempotency_entries(txn, now)).await
+        self.read(move |state| read::idempotency_entries(state, now)).await
     }
 
     /// A `limit` of 0 is read as 1. The cursor is the last delivery id of the previous page.
@@ -262,7 +292,7 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<Page<Delivery>, StoreError> {
         let cursor = cursor.map(str::to_string);
-        self.read(move |txn| read::dlq(txn, channel, cursor.as_deref(), limit)).await
+        self.read(move |state| read::dlq(state, channel, cursor.as_deref(), limit)).await
     }
 
     /// A `limit` of 0 is read as 1. The cursor is the last item id of the previous page.
@@ -274,7 +304,7 @@ impl Store for EmbeddedStore {
         unread_only: bool,
     ) -> Result<(Page<InboxItem>, u64), StoreError> {
         let (user_id, cursor) = (user_id.to_string(), cursor.map(str::to_string));
-        self.read(move |txn| read::inbox(txn, &user_id, cursor.as_deref(), limit, unread_only)).await
+        self.read(move |state| read::inbox(state, &user_id, cursor.as_deref(), limit, unread_only)).await
     }
 
     /// A `limit` of 0 returns nothing.
@@ -285,12 +315,12 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<Notification>, StoreError> {
         let after = after.cloned();
-        self.read(move |txn| read::scheduled(txn, after.as_ref(), until_ms, limit)).await
+        self.read(move |state| read::scheduled(state, after.as_ref(), until_ms, limit)).await
     }
 
     async fn sequence(&self, id: &str) -> Result<Option<Sequence>, StoreError> {
         let id = id.to_string();
-        self.read(move |txn| read::sequence(txn, &id)).await
+        self.read(move |state| read::sequence(state, &id)).await
     }
 
     async fn open_sequences(&self) -> Result<Vec<Sequence>, StoreError> {
@@ -299,7 +329,7 @@ impl Store for EmbeddedStore {
 
     async fn campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
         let id = id.to_string();
-        self.read(move |txn| read::campaign(txn, &id)).await
+        self.read(move |state| read::campaign(state, &id)).await
     }
 
     async fn active_campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
@@ -308,12 +338,12 @@ impl Store for EmbeddedStore {
 
     async fn audience_page(&self, id: &str, page: u32) -> Result<Option<Vec<String>>, StoreError> {
         let id = id.to_string();
-        self.read(move |txn| read::audience_page(txn, &id, page)).await
+        self.read(move |state| read::audience_page(state, &id, page)).await
     }
 
     async fn user_ids(&self, after: Option<&str>, tag: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
         let (after, tag) = (after.map(str::to_string), tag.map(str::to_string));
-        self.read(move |txn| read::user_ids(txn, after.as_deref(), tag.as_deref(), limit)).await
+        self.read(move |state| read::user_ids(state, after.as_deref(), tag.as_deref(), limit)).await
     }
 
     async fn max_seq(&self) -> Result<u64, StoreError> {

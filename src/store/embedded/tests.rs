@@ -1,18 +1,20 @@
 //! Unit tests of the embedded store's internals: what encoding extracts, how applying ops keeps the indexes in
-//! step with the records, what the checkpointer coalesces, what the log replays at start, and what happens to a
-//! write that cannot be applied. Behaviour every backend shares is in `tests/store_conformance.rs`.
+//! step with the records, what the checkpointer coalesces, what the log replays at start, what the scan at start
+//! rebuilds and cuts off, compaction, the import of an earlier store, and what happens to a write that cannot
+//! be applied. Behaviour every backend shares is in `tests/store_conformance.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use jiff::{SignedDuration, Timestamp};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::apply::{self, create_tables};
+use super::apply::{self, State};
 use super::checkpoint::{Logged, coalesce};
-use super::encode::{Op, encode};
-use super::tables::*;
-use super::{EmbeddedStore, FILE_NAME};
+use super::encode::{Op, encode, split_idempotency_value};
+use super::index::Index;
+use super::key::Key;
+use super::segments::{self, Segments};
+use super::{EmbeddedStore, import};
 use crate::domain::*;
 use crate::store::{Store, StoreError, Write};
 
@@ -83,22 +85,31 @@ fn idempotency(expires_at: Timestamp) -> Write {
     Write::PutIdempotency { key: "k1".into(), entry }
 }
 
-fn fresh_db() -> (tempfile::TempDir, Database) {
+/// A state on fresh segments in a temporary directory, as the checkpointer holds it.
+fn fresh_state() -> (tempfile::TempDir, State) {
     let dir = tempfile::tempdir().unwrap();
-    let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
-    create_tables(&db).unwrap();
-    (dir, db)
+    let mut index = Index::default();
+    let (segments, _) = Segments::open(&dir.path().join(segments::DIR_NAME), &mut index).unwrap();
+    (dir, State { index, segments })
 }
 
-/// Applies `writes` in one transaction at `now`, as the checkpointer would.
-fn commit_at(db: &Database, writes: Vec<Write>, now: Timestamp) -> Result<(), StoreError> {
-    let ops = encode(writes)?;
+/// Applies `writes` as one checkpoint at `now`, as the checkpointer would.
+fn commit_at(state: &mut State, writes: Vec<Write>, now: Timestamp) {
+    let ops = encode(writes).unwrap();
     let ops: Vec<&Op> = ops.iter().collect();
-    apply::commit(db, &ops, &[], 1, redb::Durability::Immediate, now).map_err(|e| e.error)
+    apply::apply(state, &ops, 1, now);
+    state.segments.flush().unwrap();
 }
 
-fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(db: &Database, table: TableDefinition<K, V>) -> u64 {
-    db.begin_read().unwrap().open_table(table).unwrap().len().unwrap()
+/// Reopens the segments of `dir` into a new index, as a start does.
+fn rescan(dir: &tempfile::TempDir) -> (State, segments::Scanned) {
+    let mut index = Index::default();
+    let (segments, scanned) = Segments::open(&dir.path().join(segments::DIR_NAME), &mut index).unwrap();
+    (State { index, segments }, scanned)
+}
+
+fn unread(state: &State) -> u64 {
+    state.index.inboxes.get(&Key::new("u1")).map_or(0, |inbox| inbox.unread)
 }
 
 #[test]
@@ -123,19 +134,19 @@ fn encoding_extracts_the_facts_indexes_need() {
 
 #[test]
 fn the_open_index_keeps_a_notification_only_while_it_is_not_final() {
-    let (_dir, db) = fresh_db();
+    let (_dir, mut state) = fresh_state();
     let now = Timestamp::now();
-    commit_at(&db, vec![Write::PutNotification(notification("n1", 3, NotificationStatus::Accepted))], now).unwrap();
-    commit_at(&db, vec![Write::PutNotification(notification("n1", 3, NotificationStatus::Dispatching))], now).unwrap();
-    assert_eq!(rows(&db, OPEN_BY_SEQ), 1);
-    commit_at(&db, vec![Write::PutNotification(notification("n1", 3, NotificationStatus::Failed))], now).unwrap();
-    assert_eq!(rows(&db, OPEN_BY_SEQ), 0);
-    assert_eq!(rows(&db, NOTIFICATIONS), 1);
+    commit_at(&mut state, vec![Write::PutNotification(notification("n1", 3, NotificationStatus::Accepted))], now);
+    commit_at(&mut state, vec![Write::PutNotification(notification("n1", 3, NotificationStatus::Dispatching))], now);
+    assert_eq!(state.index.open_by_seq.len(), 1);
+    commit_at(&mut state, vec![Write::PutNotification(notification("n1", 3, NotificationStatus::Failed))], now);
+    assert_eq!(state.index.open_by_seq.len(), 0);
+    assert_eq!((state.index.notifications.len(), state.index.max_seq), (1, 3));
 }
 
 #[test]
 fn a_scheduled_notification_has_one_index_entry_that_follows_its_send_at_and_status() {
-    let (_dir, db) = fresh_db();
+    let (_dir, mut state) = fresh_state();
     let now = Timestamp::now();
     let scheduled = |due_ms| {
         let mut n = (*notification("n1", 3, NotificationStatus::Scheduled)).clone();
@@ -144,22 +155,17 @@ fn a_scheduled_notification_has_one_index_entry_that_follows_its_send_at_and_sta
     };
     let ops = encode(vec![scheduled(7)]).unwrap();
     assert!(matches!(&ops[0], Op::Notification { open: false, scheduled: Some(7), .. }));
-    let due = |db: &Database| {
-        let txn = db.begin_read().unwrap();
-        let table = txn.open_table(SCHEDULED).unwrap();
-        let keys: Vec<i64> = table.iter().unwrap().map(|e| e.unwrap().0.value().0).collect();
-        keys
-    };
-    commit_at(&db, vec![scheduled(1_000), scheduled(1_000)], now).unwrap();
-    commit_at(&db, vec![scheduled(2_000)], now).unwrap();
-    assert_eq!((due(&db), rows(&db, SCHEDULED_DUE), rows(&db, OPEN_BY_SEQ)), (vec![2_000], 1, 0));
-    commit_at(&db, vec![Write::PutNotification(notification("n1", 3, NotificationStatus::Dispatching))], now).unwrap();
-    assert_eq!((rows(&db, SCHEDULED), rows(&db, SCHEDULED_DUE), rows(&db, OPEN_BY_SEQ)), (0, 0, 1));
+    let due = |state: &State| state.index.scheduled.iter().map(|(due, _)| *due).collect::<Vec<_>>();
+    commit_at(&mut state, vec![scheduled(1_000), scheduled(1_000)], now);
+    commit_at(&mut state, vec![scheduled(2_000)], now);
+    assert_eq!((due(&state), state.index.open_by_seq.len()), (vec![2_000], 0));
+    commit_at(&mut state, vec![Write::PutNotification(notification("n1", 3, NotificationStatus::Dispatching))], now);
+    assert_eq!((due(&state), state.index.open_by_seq.len()), (vec![], 1));
 }
 
 #[test]
 fn a_sequence_is_open_only_while_running() {
-    let (_dir, db) = fresh_db();
+    let (_dir, mut state) = fresh_state();
     let now = Timestamp::now();
     let sequence = |status| {
         Write::PutSequence(Arc::new(Sequence {
@@ -174,95 +180,105 @@ fn a_sequence_is_open_only_while_running() {
             updated_at: Timestamp::UNIX_EPOCH,
         }))
     };
-    commit_at(&db, vec![sequence(SequenceStatus::Running)], now).unwrap();
-    assert_eq!((rows(&db, SEQUENCES), rows(&db, OPEN_SEQUENCES)), (1, 1));
-    commit_at(&db, vec![sequence(SequenceStatus::Completed)], now).unwrap();
-    assert_eq!((rows(&db, SEQUENCES), rows(&db, OPEN_SEQUENCES)), (1, 0));
+    commit_at(&mut state, vec![sequence(SequenceStatus::Running)], now);
+    assert_eq!((state.index.sequences.len(), state.index.open_sequences.len()), (1, 1));
+    commit_at(&mut state, vec![sequence(SequenceStatus::Completed)], now);
+    assert_eq!((state.index.sequences.len(), state.index.open_sequences.len()), (1, 0));
 }
 
 #[test]
 fn a_dead_delivery_is_indexed_under_its_current_channel_only() {
-    let (_dir, db) = fresh_db();
+    let (_dir, mut state) = fresh_state();
     let now = Timestamp::now();
-    commit_at(&db, vec![Write::PutDelivery(delivery("d1", Channel::Sms, DeliveryStatus::Dead))], now).unwrap();
-    commit_at(&db, vec![Write::PutDelivery(delivery("d1", Channel::Email, DeliveryStatus::Dead))], now).unwrap();
-    assert_eq!((rows(&db, DLQ), rows(&db, DLQ_BY_CHANNEL)), (1, 1));
-    let txn = db.begin_read().unwrap();
-    let by_channel = txn.open_table(DLQ_BY_CHANNEL).unwrap();
-    assert!(by_channel.get(("email", "d1")).unwrap().is_some());
-    drop((by_channel, txn));
-    commit_at(&db, vec![Write::PutDelivery(delivery("d1", Channel::Email, DeliveryStatus::Retrying))], now).unwrap();
-    assert_eq!((rows(&db, DLQ), rows(&db, DLQ_BY_CHANNEL)), (0, 0));
+    commit_at(&mut state, vec![Write::PutDelivery(delivery("d1", Channel::Sms, DeliveryStatus::Dead))], now);
+    commit_at(&mut state, vec![Write::PutDelivery(delivery("d1", Channel::Email, DeliveryStatus::Dead))], now);
+    assert_eq!((state.index.dlq.len(), state.index.dlq_by_channel.len()), (1, 1));
+    assert!(state.index.dlq_by_channel.contains(&("email", Key::new("d1"))));
+    commit_at(&mut state, vec![Write::PutDelivery(delivery("d1", Channel::Email, DeliveryStatus::Retrying))], now);
+    assert_eq!((state.index.dlq.len(), state.index.dlq_by_channel.len()), (0, 0));
+    assert_eq!(state.index.by_notification.len(), 1, "one delivery, however often it is put");
 }
 
 #[test]
 fn replacing_an_idempotency_key_moves_its_expiry_entry() {
-    let (_dir, db) = fresh_db();
+    let (_dir, mut state) = fresh_state();
     let now = Timestamp::now();
-    commit_at(&db, vec![idempotency(now + SignedDuration::from_hours(1))], now).unwrap();
-    commit_at(&db, vec![idempotency(now + SignedDuration::from_hours(2))], now).unwrap();
-    assert_eq!((rows(&db, IDEMPOTENCY), rows(&db, IDEMPOTENCY_EXPIRY)), (1, 1));
+    commit_at(&mut state, vec![idempotency(now + SignedDuration::from_hours(1))], now);
+    commit_at(&mut state, vec![idempotency(now + SignedDuration::from_hours(2))], now);
+    assert_eq!((state.index.idempotency.len(), state.index.idempotency_expiry.len()), (1, 1));
 }
 
 #[test]
-fn the_writer_purges_expired_idempotency_keys_a_bounded_number_per_commit() {
-    let (_dir, db) = fresh_db();
+fn expired_idempotency_keys_are_purged_a_bounded_number_per_checkpoint() {
+    let (_dir, mut state) = fresh_state();
     let now = Timestamp::now();
     let expired = now - SignedDuration::from_secs(1);
-    let writes = (0..100)
+    let writes = (0..10_100)
         .map(|i| {
             let Write::PutIdempotency { entry, .. } = idempotency(expired) else { unreachable!() };
             Write::PutIdempotency { key: format!("old{i}"), entry }
         })
         .chain([idempotency(now + SignedDuration::from_hours(1))])
         .collect();
-    // Written while still live, so nothing is purged in the commit that writes them.
-    commit_at(&db, writes, expired - SignedDuration::from_secs(1)).unwrap();
-    assert_eq!(rows(&db, IDEMPOTENCY), 101);
-    commit_at(&db, vec![], now).unwrap();
-    assert_eq!(rows(&db, IDEMPOTENCY), 101 - 64);
-    commit_at(&db, vec![], now).unwrap();
-    assert_eq!((rows(&db, IDEMPOTENCY), rows(&db, IDEMPOTENCY_EXPIRY)), (1, 1));
+    // Written while still live, so nothing is purged in the checkpoint that writes them.
+    commit_at(&mut state, writes, expired - SignedDuration::from_secs(1));
+    assert_eq!(state.index.idempotency.len(), 10_101);
+    commit_at(&mut state, vec![], now);
+    assert_eq!(state.index.idempotency.len(), 101);
+    commit_at(&mut state, vec![], now);
+    assert_eq!((state.index.idempotency.len(), state.index.idempotency_expiry.len()), (1, 1));
 }
 
 #[test]
 fn the_unread_counter_follows_every_put_and_mark() {
-    let (_dir, db) = fresh_db();
+    let (dir, mut state) = fresh_state();
     let now = Timestamp::now();
-    let count = |db: &Database| {
-        let txn = db.begin_read().unwrap();
-        let table = txn.open_table(UNREAD_COUNT).unwrap();
-        table.get("u1").unwrap().map(|v| v.value())
-    };
-    commit_at(&db, vec![Write::PutInboxItem(inbox_item("i1", None))], now).unwrap();
-    commit_at(&db, vec![Write::PutInboxItem(inbox_item("i1", None))], now).unwrap();
-    assert_eq!(count(&db), Some(1));
-    commit_at(&db, vec![Write::PutInboxItem(inbox_item("i1", Some(now)))], now).unwrap();
-    assert_eq!(count(&db), None, "a zero count is not stored");
-    commit_at(&db, vec![Write::PutInboxItem(inbox_item("i1", None))], now).unwrap();
+    commit_at(&mut state, vec![Write::PutInboxItem(inbox_item("i1", None))], now);
+    commit_at(&mut state, vec![Write::PutInboxItem(inbox_item("i1", None))], now);
+    assert_eq!(unread(&state), 1);
+    commit_at(&mut state, vec![Write::PutInboxItem(inbox_item("i1", Some(now)))], now);
+    assert_eq!(unread(&state), 0);
+    commit_at(&mut state, vec![Write::PutInboxItem(inbox_item("i1", None))], now);
     let mark = || Write::MarkInboxRead { user_id: "u1".into(), ids: vec!["i1".into(), "nope".into()], at: now };
-    commit_at(&db, vec![mark(), mark()], now).unwrap();
-    assert_eq!(count(&db), None);
-    assert_eq!(rows(&db, INBOX_UNREAD), 0);
+    commit_at(&mut state, vec![mark(), mark()], now);
+    assert_eq!(unread(&state), 0);
+    // The mark is stored as the item with `read_at`, so a start finds it read.
+    let (state, _) = rescan(&dir);
+    assert_eq!(unread(&state), 0);
+    let entry = state.index.inboxes[&Key::new("u1")].items[&Key::new("i1")];
+    let Op::InboxItem { json, .. } = state.segments.read(entry.loc).unwrap() else { panic!("not an inbox item") };
+    assert_eq!(serde_json::from_slice::<InboxItem>(&json).unwrap().read_at, Some(now));
+}
+
+#[test]
+fn a_mark_of_an_item_put_in_the_same_checkpoint_reads_it_from_the_pending_frames() {
+    let (_dir, mut state) = fresh_state();
+    let now = Timestamp::now();
+    let mark = Write::MarkAllInboxRead { user_id: "u1".into(), at: now };
+    commit_at(&mut state, vec![Write::PutInboxItem(inbox_item("i1", None)), mark], now);
+    assert_eq!(unread(&state), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_reads_back_a_corrupt_record_is_skipped_and_the_rest_of_its_batch_lands() {
+    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path(), 64).unwrap();
     store.commit(vec![Write::PutInboxItem(inbox_item("i1", None))]).await.unwrap();
     store.users().await.unwrap(); // a read waits until the item is applied
     // Corrupt the stored item, so marking it read fails half-way through the batch.
-    let txn = store.db.begin_write().unwrap();
-    txn.open_table(INBOX).unwrap().insert(("u1", "i1"), b"not json".as_slice()).unwrap();
-    txn.commit().unwrap();
+    let loc = store.state.read().index.inboxes[&Key::new("u1")].items[&Key::new("i1")].loc;
+    let path = dir.path().join(segments::DIR_NAME).join(format!("{:010}.seg", loc.seg));
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(b"garbage", u64::from(loc.at + loc.len - 8)).unwrap();
 
     let user = Arc::new(User::new("u9".into(), Timestamp::now()));
     let mark = Write::MarkInboxRead { user_id: "u1".into(), ids: vec!["i1".into()], at: Timestamp::now() };
     // Durable in the log, so acknowledged; the checkpointer skips the mark and applies the rest.
     store.commit(vec![Write::PutUser(user), mark]).await.unwrap();
     assert_eq!(store.users().await.unwrap().len(), 1, "the rest of the batch is applied");
-    assert_eq!(rows(&store.db, INBOX_UNREAD), 1, "nothing of the skipped mark is applied");
+    assert_eq!(unread(&store.state.read()), 1, "nothing of the skipped mark is applied");
+    assert!(matches!(store.inbox("u1", None, 10, false).await, Err(StoreError::Corrupt(_))));
 
     store.commit(vec![Write::PutUser(Arc::new(User::new("u10".into(), Timestamp::now())))]).await.unwrap();
     assert_eq!(store.users().await.unwrap().len(), 2, "the checkpointer goes on after a skipped write");
@@ -271,7 +287,7 @@ async fn a_write_that_reads_back_a_corrupt_record_is_skipped_and_the_rest_of_its
 
 #[test]
 fn a_checkpoint_applies_only_the_last_put_of_a_record_and_keeps_every_other_op_in_order() {
-    let (_dir, db) = fresh_db();
+    let (dir, mut state) = fresh_state();
     let open = notification("n1", 1, NotificationStatus::Dispatching);
     let done = notification("n1", 1, NotificationStatus::Completed);
     let logged = |lsn, writes| Logged { lsn, ops: encode(writes).unwrap() };
@@ -286,13 +302,97 @@ fn a_checkpoint_applies_only_the_last_put_of_a_record_and_keeps_every_other_op_i
     assert!(matches!(ops[0], Op::CampaignFinal { .. }) && matches!(ops[2], Op::CampaignFinal { .. }));
     assert!(matches!(ops[1], Op::Notification { open: false, .. }));
 
-    apply::commit(&db, &ops, &[], 2, redb::Durability::Immediate, Timestamp::now()).unwrap();
-    assert_eq!(rows(&db, OPEN_BY_SEQ), 0, "the open put was left out and the final one indexes nothing");
-    let txn = db.begin_read().unwrap();
-    let stored = txn.open_table(NOTIFICATIONS).unwrap().get("n1").unwrap().unwrap().value().to_vec();
-    assert_eq!(serde_json::from_slice::<Notification>(&stored).unwrap(), *done);
-    assert_eq!(txn.open_table(CAMPAIGN_FINALS).unwrap().get("c1").unwrap().unwrap().value(), (2, 0, 0));
-    assert_eq!(apply::wal_applied(&db).unwrap(), 2);
+    apply::apply(&mut state, &ops, 2, Timestamp::now());
+    state.segments.flush().unwrap();
+    assert_eq!(state.index.open_by_seq.len(), 0, "the open put was left out and the final one indexes nothing");
+    let loc = state.index.notifications[&Key::new("n1")];
+    let Op::Notification { json, .. } = state.segments.read(loc).unwrap() else { panic!("not a notification") };
+    assert_eq!(serde_json::from_slice::<Notification>(&json).unwrap(), *done);
+    let counts = FinalCounts { completed: 2, failed: 0, cancelled: 0 };
+    assert_eq!(state.index.finals[&Key::new("c1")].1, counts);
+    let (rescanned, scanned) = rescan(&dir);
+    assert_eq!((rescanned.index.finals[&Key::new("c1")].1, scanned.lsn), (counts, 2));
+}
+
+#[test]
+fn a_start_rebuilds_the_indexes_and_cuts_off_a_checkpoint_that_never_finished() {
+    use std::os::unix::fs::FileExt;
+    let (dir, mut state) = fresh_state();
+    let now = Timestamp::now();
+    commit_at(&mut state, vec![Write::PutNotification(notification("n1", 4, NotificationStatus::Accepted))], now);
+    let active = state.segments.active_file();
+    let len = active.metadata().unwrap().len();
+    // A checkpoint cut short: its op's frame is whole, but its mark never made it.
+    let ops = encode(vec![Write::PutNotification(notification("n2", 5, NotificationStatus::Accepted))]).unwrap();
+    apply::apply(&mut state, &[&ops[0]], 2, now);
+    state.segments.flush().unwrap();
+    let with_mark = active.metadata().unwrap().len();
+    active.set_len(with_mark - 10).unwrap();
+    active.write_all_at(b"torn", with_mark - 10).unwrap();
+    drop((state, active));
+
+    let (state, scanned) = rescan(&dir);
+    assert_eq!(scanned.lsn, 1, "the last complete checkpoint");
+    assert_eq!(state.index.open_by_seq.keys().copied().collect::<Vec<_>>(), vec![4]);
+    let path = dir.path().join(segments::DIR_NAME).join(format!("{:010}.seg", 0));
+    assert_eq!(std::fs::metadata(path).unwrap().len(), len, "cut back to the last mark");
+}
+
+#[test]
+fn compaction_moves_the_live_frames_of_a_mostly_dead_segment_and_keeps_the_rest() {
+    let (dir, mut state) = fresh_state();
+    state.segments.set_max_bytes(4096);
+    let now = Timestamp::now();
+    // Many versions of one open notification, a final one kept, and a user: the first segments are mostly dead.
+    for round in 0..40 {
+        let status = if round % 2 == 0 { NotificationStatus::Accepted } else { NotificationStatus::Dispatching };
+        commit_at(&mut state, vec![Write::PutNotification(notification("n1", 7, status))], now);
+        if round == 0 {
+            let keep = Write::PutNotification(notification("n2", 8, NotificationStatus::Completed));
+            commit_at(&mut state, vec![keep, Write::PutUser(Arc::new(User::new("u1".into(), now)))], now);
+        }
+        state.segments.roll_if_full().unwrap();
+    }
+    let before = state.segments.usage();
+    assert!(before.len() > 3, "{before:?}");
+    let state = parking_lot::RwLock::new(state);
+    let mut compacted = 0;
+    while let Some(done) = super::compact::copy_live(&state, 1).unwrap() {
+        state.write().segments.remove(done.segment).unwrap();
+        compacted += 1;
+    }
+    let state = state.into_inner();
+    let after = state.segments.usage();
+    assert!(compacted > 0 && after.len() < before.len(), "{before:?} -> {after:?}");
+    assert!(after.iter().all(|(n, len, live)| live * 2 >= *len || *n == after.last().unwrap().0), "{after:?}");
+    drop(state);
+    let (state, _) = rescan(&dir);
+    assert_eq!(state.index.open_by_seq.keys().copied().collect::<Vec<_>>(), vec![7]);
+    assert_eq!((state.index.notifications.len(), state.index.users.len(), state.index.max_seq), (2, 1, 8));
+    let loc = state.index.notifications[&Key::new("n2")];
+    assert!(matches!(state.segments.read(loc).unwrap(), Op::Notification { open: false, .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_store_compacts_and_reads_what_it_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), 64).unwrap();
+    store.state.write().segments.set_max_bytes(8192);
+    let user = Arc::new(User::new("u1".into(), Timestamp::now()));
+    store.commit(vec![Write::PutUser(user.clone())]).await.unwrap();
+    for round in 0..100u64 {
+        let status = if round % 2 == 0 { NotificationStatus::Accepted } else { NotificationStatus::Dispatching };
+        store.commit(vec![Write::PutNotification(notification("n1", 7, status))]).await.unwrap();
+        store.max_seq().await.unwrap(); // one checkpoint per round
+    }
+    let segments = store.state.read().segments.usage();
+    assert!(segments.len() <= 3, "compaction keeps up: {segments:?}");
+    assert_eq!(store.users().await.unwrap(), vec![(*user).clone()]);
+    assert_eq!(store.open_notifications().await.unwrap().len(), 1);
+    drop(store);
+    let store = EmbeddedStore::open(dir.path(), 64).unwrap();
+    assert_eq!(store.users().await.unwrap(), vec![(*user).clone()]);
+    assert_eq!(store.open_notifications().await.unwrap()[0].notification.status, NotificationStatus::Dispatching);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,7 +403,7 @@ async fn writes_only_in_the_log_are_applied_at_start_and_applied_ones_are_not_ap
         let store = EmbeddedStore::open(dir.path(), 64).unwrap();
         store.commit(vec![count()]).await.unwrap();
     }
-    // A record that reached the log but not the database: what a crash between the two leaves behind.
+    // A record that reached the log but not the segments: what a crash between the two leaves behind.
     let user = User::new("u1".into(), Timestamp::now());
     let mut log = super::wal::Wal::new(&dir.path().join(super::wal::DIR_NAME), 100).unwrap();
     let ops = encode(vec![Write::PutUser(Arc::new(user.clone())), count()]).unwrap();
@@ -312,13 +412,93 @@ async fn writes_only_in_the_log_are_applied_at_start_and_applied_ones_are_not_ap
 
     let store = EmbeddedStore::open(dir.path(), 64).unwrap();
     assert_eq!(store.users().await.unwrap(), vec![user]);
-    let finals = |db: &Database| {
-        db.begin_read().unwrap().open_table(CAMPAIGN_FINALS).unwrap().get("c1").unwrap().unwrap().value()
-    };
-    assert_eq!(finals(&store.db), (0, 2, 0), "the first count once, the logged one once");
+    let finals = |store: &EmbeddedStore| store.state.read().index.finals[&Key::new("c1")].1;
+    assert_eq!(finals(&store), FinalCounts { completed: 0, failed: 2, cancelled: 0 }, "once each");
     drop(store);
     let store = EmbeddedStore::open(dir.path(), 64).unwrap();
-    assert_eq!(finals(&store.db), (0, 2, 0), "a second start replays nothing");
+    assert_eq!(finals(&store).failed, 2, "a second start replays nothing");
+    store.commit(vec![count()]).await.unwrap();
+    assert_eq!(store.max_seq().await.unwrap(), 0);
+    assert_eq!(finals(&store).failed, 3, "the log goes on after the replayed LSN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_an_earlier_herald_is_imported_with_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Timestamp::now();
+    let redb_path = dir.path().join(import::FILE_NAME);
+    let json = |v: &dyn erased::Json| v.json();
+    let (open, done) =
+        (notification("n1", 3, NotificationStatus::Dispatching), notification("n2", 9, NotificationStatus::Completed));
+    let key_value = {
+        let Write::PutIdempotency { entry, .. } = idempotency(now + SignedDuration::from_hours(1)) else {
+            unreachable!()
+        };
+        super::encode::idempotency_value(entry.expires_at.as_millisecond(), &serde_json::to_vec(&entry).unwrap())
+    };
+    import::write_earlier_store(&redb_path, |txn| {
+        let mut users = txn.open_table(import::USERS).unwrap();
+        let mut tagged = User::new("u1".into(), now);
+        tagged.tags = vec!["vip".into()];
+        users.insert("u1", json(&tagged).as_slice()).unwrap();
+        let mut notifications = txn.open_table(import::NOTIFICATIONS).unwrap();
+        notifications.insert("n1", json(&*open).as_slice()).unwrap();
+        notifications.insert("n2", json(&*done).as_slice()).unwrap();
+        let d = delivery("d1", Channel::Sms, DeliveryStatus::Dead);
+        txn.open_table(import::DELIVERIES).unwrap().insert("d1", json(&*d).as_slice()).unwrap();
+        txn.open_table(import::IDEMPOTENCY).unwrap().insert("k1", key_value.as_slice()).unwrap();
+        let item = inbox_item("i1", None);
+        txn.open_table(import::INBOX).unwrap().insert(("u1", "i1"), json(&*item).as_slice()).unwrap();
+        txn.open_table(import::CAMPAIGN_FINALS).unwrap().insert("c1", (4, 1, 0)).unwrap();
+        let mut meta = txn.open_table(import::META).unwrap();
+        meta.insert("wal_applied", 5).unwrap();
+        meta.insert("max_seq", 9).unwrap();
+    });
+    // Its log holds one record past what the file has applied, and one it has.
+    let mut log = super::wal::Wal::new(&dir.path().join(super::wal::DIR_NAME), 5).unwrap();
+    let applied = encode(vec![Write::PutUser(Arc::new(User::new("stale".into(), now)))]).unwrap();
+    log.append(std::iter::once(applied.as_slice())).unwrap();
+    let pending = encode(vec![Write::PutUser(Arc::new(User::new("u2".into(), now)))]).unwrap();
+    log.append(std::iter::once(pending.as_slice())).unwrap();
+    drop(log);
+
+    let store = EmbeddedStore::open(dir.path(), 64).unwrap();
+    let ids = |users: Vec<User>| users.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.users().await.unwrap()), vec!["u1", "u2"], "the file's users and the log's new one");
+    assert_eq!(store.user_ids(None, Some("vip"), 10).await.unwrap(), vec!["u1"]);
+    assert_eq!(store.open_notifications().await.unwrap().len(), 1);
+    assert_eq!(store.notification("n2").await.unwrap().unwrap().notification, *done);
+    assert_eq!(store.dlq(None, None, 10).await.unwrap().items.len(), 1);
+    assert_eq!(store.idempotency_entries(now).await.unwrap().len(), 1);
+    assert_eq!(store.inbox("u1", None, 10, false).await.unwrap().1, 1);
+    assert_eq!(store.max_seq().await.unwrap(), 9);
+    assert_eq!(store.state.read().index.finals[&Key::new("c1")].1.completed, 4);
+    assert!(!redb_path.exists() && dir.path().join("herald.redb.imported").exists());
+    drop(store);
+    let store = EmbeddedStore::open(dir.path(), 64).unwrap();
+    assert_eq!(ids(store.users().await.unwrap()), vec!["u1", "u2"], "imported once");
+}
+
+/// JSON of any record, for writing an earlier store's tables.
+mod erased {
+    pub trait Json {
+        fn json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).unwrap()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_store_cannot_open_a_directory_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), 64).unwrap();
+    let Err(StoreError::Unavailable(why)) = EmbeddedStore::open(dir.path(), 64) else { panic!("opened twice") };
+    assert!(why.contains("in use"), "{why}");
+    drop(store);
+    EmbeddedStore::open(dir.path(), 64).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,12 @@
 //! The binary form of an [`Op`] in the write-ahead log: a tag byte, then the fields in declaration order.
 //! Integers are little-endian, strings and byte strings are a `u32` length and the bytes, an option is a presence
-//! byte and the value, a timestamp is seconds (`i64`) and nanoseconds (`i32`). Records keep the JSON the
-//! encoder made for redb, so a logged op is applied exactly as it would have been without the log.
+//! byte and the value, a timestamp is seconds (`i64`) and nanoseconds (`i32`). The record segments hold ops in
+//! the same form (`segments.rs`), so a logged put is stored as the bytes it was logged as.
 
 use jiff::Timestamp;
 
 use super::super::encode::Op;
-use crate::domain::{Channel, NotificationStatus};
+use crate::domain::{Channel, FinalCounts, NotificationStatus};
 use crate::store::StoreError;
 
 const USER: u8 = 1;
@@ -21,6 +21,7 @@ const SEQUENCE: u8 = 9;
 const CAMPAIGN: u8 = 10;
 const AUDIENCE_PAGE: u8 = 11;
 const CAMPAIGN_FINAL: u8 = 12;
+const CAMPAIGN_COUNTS: u8 = 13;
 
 /// Every notification status, by its code in the log (the index); the order must never change.
 const STATUSES: [NotificationStatus; 6] = [
@@ -73,6 +74,9 @@ pub fn encode(op: &Op, out: &mut Vec<u8>) {
             let code = STATUSES.iter().position(|s| s == status).expect("every status has a code");
             w.tag(CAMPAIGN_FINAL).str(campaign).u8(code as u8).i64(*delta);
         }
+        Op::CampaignCounts { campaign, counts } => {
+            w.tag(CAMPAIGN_COUNTS).str(campaign).u64(counts.completed).u64(counts.failed).u64(counts.cancelled);
+        }
     }
 }
 
@@ -110,6 +114,10 @@ pub fn decode(input: &mut &[u8]) -> Result<Op, StoreError> {
             campaign: r.string()?,
             status: *STATUSES.get(usize::from(r.u8()?)).ok_or_else(|| corrupt("unknown status code".into()))?,
             delta: r.i64()?,
+        },
+        CAMPAIGN_COUNTS => Op::CampaignCounts {
+            campaign: r.string()?,
+            counts: FinalCounts { completed: r.u64()?, failed: r.u64()?, cancelled: r.u64()? },
         },
         tag => return Err(corrupt(format!("unknown op tag {tag}"))),
     })

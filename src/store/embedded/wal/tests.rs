@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use super::super::encode::Op;
 use super::*;
-use crate::domain::NotificationStatus;
+use crate::domain::{FinalCounts, NotificationStatus};
 
 fn every_op() -> Vec<Op> {
     let json = br#"{"a":1}"#.to_vec();
@@ -32,6 +32,7 @@ fn every_op() -> Vec<Op> {
         Op::Campaign { id: "c1".into(), active: false, json: json.clone() },
         Op::AudiencePage { campaign: "c1".into(), page: 3, json },
         Op::CampaignFinal { campaign: "c1".into(), status: NotificationStatus::Cancelled, delta: -1 },
+        Op::CampaignCounts { campaign: "c1".into(), counts: FinalCounts { completed: 3, failed: 2, cancelled: 1 } },
     ]
 }
 
