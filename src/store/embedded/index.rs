@@ -7,12 +7,15 @@
 //! it stores and the scan at start for every op it finds, so the two cannot disagree. Every location a put
 //! replaces or removes is handed back, so the segments can count their live bytes for compaction.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::encode::Op;
 use super::key::Key;
 use crate::domain::{FinalCounts, NotificationStatus};
+
+/// The index's hash maps: foldhash (several times SipHash's speed on these short keys), seeded per process.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Where a record's frame is: segment number, byte offset of the frame in it, frame length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +23,65 @@ pub struct Loc {
     pub seg: u32,
     pub at: u32,
     pub len: u32,
+}
+
+/// A location that holds no record: the entry of a notification whose deliveries were indexed before it.
+const NOWHERE: Loc = Loc { seg: 0, at: 0, len: 0 };
+
+/// A notification's entry: its record, its seq while it is open (neither final nor scheduled), and its
+/// deliveries' ids. Kept together because a queued notification's index cost counts against issue #6's memory
+/// bound: separate ordered indexes of open notifications and of deliveries by notification cost ~150 bytes
+/// more per notification.
+#[derive(Debug)]
+pub struct NotificationEntry {
+    /// [`NOWHERE`] until the notification itself is put.
+    loc: Loc,
+    open: bool,
+    pub seq: u64,
+    pub deliveries: DeliveryIds,
+}
+
+impl NotificationEntry {
+    /// Where the record is, if it has been put.
+    pub fn loc(&self) -> Option<Loc> {
+        (self.loc != NOWHERE).then_some(self.loc)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open && self.loc != NOWHERE
+    }
+}
+
+/// A notification's delivery ids, in id order; most notifications have one.
+#[derive(Debug, Default)]
+pub enum DeliveryIds {
+    #[default]
+    None,
+    One(Key),
+    Many(Box<[Key]>),
+}
+
+impl DeliveryIds {
+    pub fn as_slice(&self) -> &[Key] {
+        match self {
+            DeliveryIds::None => &[],
+            DeliveryIds::One(id) => std::slice::from_ref(id),
+            DeliveryIds::Many(ids) => ids,
+        }
+    }
+
+    fn insert(&mut self, id: Key) {
+        let ids = self.as_slice();
+        let Err(at) = ids.binary_search(&id) else { return };
+        *self = match std::mem::take(self) {
+            DeliveryIds::None => DeliveryIds::One(id),
+            other => {
+                let mut ids = Vec::from(other.as_slice());
+                ids.insert(at, id);
+                DeliveryIds::Many(ids.into_boxed_slice())
+            }
+        };
+    }
 }
 
 /// One inbox item: where it is and whether it is unread.
@@ -44,16 +106,13 @@ pub struct Index {
     user_tags: HashMap<Key, Box<[Box<str>]>>,
     pub users_by_tag: BTreeSet<(Box<str>, Key)>,
     pub templates: BTreeMap<Box<str>, Loc>,
-    pub notifications: HashMap<Key, Loc>,
-    /// Notifications neither final nor scheduled, by seq.
-    pub open_by_seq: BTreeMap<u64, Key>,
+    /// Notifications, with their deliveries and whether they are open.
+    pub notifications: HashMap<Key, NotificationEntry>,
     /// Scheduled notifications by (due ms, id), and each one's due ms to find its entry when it moves.
     pub scheduled: BTreeSet<(i64, Key)>,
     scheduled_due: HashMap<Key, i64>,
     pub max_seq: u64,
     pub deliveries: HashMap<Key, Loc>,
-    /// (notification id, delivery id) of every delivery.
-    pub by_notification: BTreeSet<(Key, Key)>,
     /// Dead delivery id → its channel, and (channel, id) for one channel's DLQ.
     pub dlq: BTreeMap<Key, &'static str>,
     pub dlq_by_channel: BTreeSet<(&'static str, Key)>,
@@ -85,20 +144,19 @@ impl Index {
             Op::Template { id, .. } => replace(&mut self.templates, id.as_str().into(), loc, dead),
             Op::Notification { id, seq, open, scheduled, .. } => {
                 let key = Key::new(id);
-                replace(&mut self.notifications, key.clone(), loc, dead);
-                if *open {
-                    self.open_by_seq.insert(*seq, key.clone());
-                } else if self.open_by_seq.get(seq) == Some(&key) {
-                    // Only this notification's own entry: a seq is assigned once and never reused.
-                    self.open_by_seq.remove(seq);
+                let entry = self.notification_entry(key.clone());
+                let old = std::mem::replace(&mut entry.loc, loc);
+                if old != NOWHERE {
+                    dead.push(old);
                 }
+                (entry.open, entry.seq) = (*open, *seq);
                 self.max_seq = self.max_seq.max(*seq);
                 self.schedule(key, *scheduled);
             }
             Op::Delivery { id, notification_id, channel, dead: is_dead, .. } => {
                 let key = Key::new(id);
                 replace(&mut self.deliveries, key.clone(), loc, dead);
-                self.by_notification.insert((Key::new(notification_id), key.clone()));
+                self.notification_entry(Key::new(notification_id)).deliveries.insert(key.clone());
                 let previous = if *is_dead { self.dlq.insert(key.clone(), channel) } else { self.dlq.remove(&key) };
                 if let Some(old_channel) = previous
                     && !(*is_dead && old_channel == *channel)
@@ -167,7 +225,9 @@ impl Index {
         match op {
             Op::User { id, .. } => self.users.get_mut(&Key::new(id)),
             Op::Template { id, .. } => self.templates.get_mut(id.as_str()),
-            Op::Notification { id, .. } => self.notifications.get_mut(&Key::new(id)),
+            Op::Notification { id, .. } => {
+                self.notifications.get_mut(&Key::new(id)).map(|e| &mut e.loc).filter(|loc| **loc != NOWHERE)
+            }
             Op::Delivery { id, .. } => self.deliveries.get_mut(&Key::new(id)),
             Op::Idempotency { key, .. } => self.idempotency.get_mut(key.as_str()).map(|(_, loc)| loc),
             Op::InboxItem { user_id, id, .. } => self
@@ -181,6 +241,23 @@ impl Index {
             Op::CampaignCounts { campaign, .. } => self.finals.get_mut(&Key::new(campaign)).map(|(loc, _)| loc),
             Op::MarkRead { .. } | Op::MarkAllRead { .. } | Op::CampaignFinal { .. } => None,
         }
+    }
+
+    /// Open notifications' ids in seq order (a scan of every notification: only a start asks).
+    pub fn open_by_seq(&self) -> Vec<(u64, &Key)> {
+        let mut open: Vec<(u64, &Key)> =
+            self.notifications.iter().filter(|(_, e)| e.is_open()).map(|(id, e)| (e.seq, id)).collect();
+        open.sort_unstable();
+        open
+    }
+
+    fn notification_entry(&mut self, id: Key) -> &mut NotificationEntry {
+        self.notifications.entry(id).or_insert_with(|| NotificationEntry {
+            loc: NOWHERE,
+            open: false,
+            seq: 0,
+            deliveries: DeliveryIds::None,
+        })
     }
 
     /// A campaign's final counts after adding `delta` to `status`'s (stored by the caller as

@@ -42,17 +42,17 @@ struct NotificationFrames {
 
 impl NotificationFrames {
     fn find(state: &State, id: &Key) -> Result<Option<NotificationFrames>, StoreError> {
-        let Some(loc) = state.index.notifications.get(id) else { return Ok(None) };
-        let mut deliveries = Vec::new();
-        for (_, delivery) in state.index.by_notification.range((id.clone(), Key::min())..).take_while(|(n, _)| n == id)
-        {
+        let Some(entry) = state.index.notifications.get(id) else { return Ok(None) };
+        let Some(loc) = entry.loc() else { return Ok(None) };
+        let mut deliveries = Vec::with_capacity(entry.deliveries.as_slice().len());
+        for delivery in entry.deliveries.as_slice() {
             let loc =
                 state.index.deliveries.get(delivery).ok_or_else(|| {
                     StoreError::Corrupt(format!("notification {id} lists missing delivery {delivery}"))
                 })?;
             deliveries.push(state.segments.locate(*loc)?);
         }
-        Ok(Some(NotificationFrames { notification: state.segments.locate(*loc)?, deliveries }))
+        Ok(Some(NotificationFrames { notification: state.segments.locate(loc)?, deliveries }))
     }
 
     fn load(&self) -> Result<StoredNotification, StoreError> {
@@ -66,8 +66,9 @@ impl NotificationFrames {
 pub fn open_notifications(state: &RwLock<State>) -> Result<Vec<StoredNotification>, StoreError> {
     let frames = {
         let state = state.read();
-        let mut frames = Vec::with_capacity(state.index.open_by_seq.len());
-        for (seq, id) in &state.index.open_by_seq {
+        let open = state.index.open_by_seq();
+        let mut frames = Vec::with_capacity(open.len());
+        for (seq, id) in open {
             let found = NotificationFrames::find(&state, id)?;
             frames.push(found.ok_or_else(|| {
                 StoreError::Corrupt(format!("open index names missing notification {id} (seq {seq})"))
@@ -202,8 +203,9 @@ pub fn scheduled(
             let loc = index
                 .notifications
                 .get(id)
+                .and_then(|e| e.loc())
                 .ok_or_else(|| StoreError::Corrupt(format!("scheduled index names missing notification {id}")))?;
-            located.push(state.segments.locate(*loc)?);
+            located.push(state.segments.locate(loc)?);
         }
         located
     };
