@@ -98,11 +98,11 @@ pub fn apply(state: &mut State, ops: &[&Op], lsn: u64, now: Timestamp) -> usize 
 fn mark_read(state: &mut State, user_id: &str, id: &Key, at: Timestamp, dead: &mut Vec<Loc>) -> Result<(), StoreError> {
     let entry = state.index.inboxes.get(&Key::new(user_id)).and_then(|inbox| inbox.items.get(id));
     let Some(entry) = entry.filter(|e| e.unread) else { return Ok(()) };
-    let Op::InboxItem { user_id, id, json, .. } = state.segments.read(entry.loc)? else {
+    let Op::InboxItem { user_id, id, value, .. } = state.segments.read(entry.loc)? else {
         return Err(StoreError::Corrupt("an inbox entry points at another kind of record".into()));
     };
-    let mut item: InboxItem = from_json("inbox item", &json)?;
+    let mut item: InboxItem = from_json("inbox item", &value)?;
     item.read_at = Some(at);
-    state.store(&Op::InboxItem { user_id, id, unread: false, json: to_json(&item)? }, dead);
+    state.store(&Op::InboxItem { user_id, id, unread: false, value: to_json(&item)? }, dead);
     Ok(())
 }

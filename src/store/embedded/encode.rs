@@ -1,10 +1,12 @@
-//! Turns [`Write`]s into [`Op`]s on the submitting thread: records become JSON bytes and every fact the index
+//! Turns [`Write`]s into [`Op`]s on the submitting thread: records become bytes (each op's `value`: the binary
+//! form of `binary.rs` for notifications and deliveries, JSON for the rest) and every fact the index
 //! upkeep needs (seq, open, scheduled or final, dead or not, expiry, unread, tags, active) is pulled out
 //! beforehand, so neither the writer nor the checkpointer decodes a record (only read marks decode and rewrite
 //! an inbox item there). The same ops, in the same binary form, are what the log and the record segments hold.
 
 use jiff::Timestamp;
 
+use super::binary;
 use crate::domain::{DeliveryStatus, FinalCounts, NotificationStatus};
 pub use crate::store::codec::{from_json, to_json};
 use crate::store::{Placement, StoreError, Write};
@@ -15,11 +17,11 @@ pub enum Op {
     User {
         id: String,
         tags: Vec<String>,
-        json: Vec<u8>,
+        value: Vec<u8>,
     },
     Template {
         id: String,
-        json: Vec<u8>,
+        value: Vec<u8>,
     },
     /// `open` and `scheduled` (the due ms) are never both set; neither is for a final notification.
     Notification {
@@ -27,16 +29,16 @@ pub enum Op {
         seq: u64,
         open: bool,
         scheduled: Option<i64>,
-        json: Vec<u8>,
+        value: Vec<u8>,
     },
     Delivery {
         id: String,
         notification_id: String,
         channel: &'static str,
         dead: bool,
-        json: Vec<u8>,
+        value: Vec<u8>,
     },
-    /// `value` is already prefixed with the expiry (see `tables::IDEMPOTENCY`).
+    /// `value` is the entry's JSON prefixed with its expiry ([`idempotency_value`]).
     Idempotency {
         key: String,
         expiry_ms: i64,
@@ -46,7 +48,7 @@ pub enum Op {
         user_id: String,
         id: String,
         unread: bool,
-        json: Vec<u8>,
+        value: Vec<u8>,
     },
     MarkRead {
         user_id: String,
@@ -60,17 +62,17 @@ pub enum Op {
     Sequence {
         id: String,
         open: bool,
-        json: Vec<u8>,
+        value: Vec<u8>,
     },
     Campaign {
         id: String,
         active: bool,
-        json: Vec<u8>,
+        value: Vec<u8>,
     },
     AudiencePage {
         campaign: String,
         page: u32,
-        json: Vec<u8>,
+        value: Vec<u8>,
     },
     CampaignFinal {
         campaign: String,
@@ -107,13 +109,13 @@ pub fn encode(writes: Vec<Write>) -> Result<Vec<Op>, StoreError> {
 
 fn encode_one(write: Write) -> Result<Op, StoreError> {
     Ok(match write {
-        Write::PutUser(user) => Op::User { json: to_json(&*user)?, id: user.id.clone(), tags: user.tags.clone() },
-        Write::PutTemplate(template) => Op::Template { json: to_json(&*template)?, id: template.id.clone() },
+        Write::PutUser(user) => Op::User { value: to_json(&*user)?, id: user.id.clone(), tags: user.tags.clone() },
+        Write::PutTemplate(template) => Op::Template { value: to_json(&*template)?, id: template.id.clone() },
         Write::PutNotification(n) => {
             let placement = Placement::of(&n);
             let scheduled = if let Placement::Scheduled(due_ms) = placement { Some(due_ms) } else { None };
             Op::Notification {
-                json: to_json(&*n)?,
+                value: binary::notification(&n)?,
                 id: n.id.clone(),
                 seq: n.seq,
                 open: placement == Placement::Open,
@@ -121,7 +123,7 @@ fn encode_one(write: Write) -> Result<Op, StoreError> {
             }
         }
         Write::PutDelivery(d) => Op::Delivery {
-            json: to_json(&*d)?,
+            value: binary::delivery(&d),
             id: d.id.clone(),
             notification_id: d.notification_id.clone(),
             channel: d.channel.as_str(),
@@ -132,7 +134,7 @@ fn encode_one(write: Write) -> Result<Op, StoreError> {
             Op::Idempotency { value: idempotency_value(expiry_ms, &to_json(&entry)?), key, expiry_ms }
         }
         Write::PutInboxItem(item) => Op::InboxItem {
-            json: to_json(&*item)?,
+            value: to_json(&*item)?,
             user_id: item.user_id.clone(),
             id: item.id.clone(),
             unread: item.read_at.is_none(),
@@ -140,13 +142,13 @@ fn encode_one(write: Write) -> Result<Op, StoreError> {
         Write::MarkInboxRead { user_id, ids, at } => Op::MarkRead { user_id, ids, at },
         Write::MarkAllInboxRead { user_id, at } => Op::MarkAllRead { user_id, at },
         Write::PutSequence(sequence) => {
-            Op::Sequence { json: to_json(&*sequence)?, id: sequence.id.clone(), open: !sequence.status.is_final() }
+            Op::Sequence { value: to_json(&*sequence)?, id: sequence.id.clone(), open: !sequence.status.is_final() }
         }
         Write::PutCampaign(campaign) => {
-            Op::Campaign { json: to_json(&*campaign)?, id: campaign.id.clone(), active: campaign.status.is_active() }
+            Op::Campaign { value: to_json(&*campaign)?, id: campaign.id.clone(), active: campaign.status.is_active() }
         }
         Write::PutAudiencePage { campaign, page, user_ids } => {
-            Op::AudiencePage { json: to_json(&user_ids)?, campaign, page }
+            Op::AudiencePage { value: to_json(&user_ids)?, campaign, page }
         }
         Write::CountCampaignFinal { campaign, status, delta } => Op::CampaignFinal { campaign, status, delta },
     })

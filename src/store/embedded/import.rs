@@ -91,8 +91,8 @@ fn copy_records(txn: &ReadTransaction, state: &mut State) -> Result<usize, Store
     for_each::<User>(txn, USERS, "user", |user| put(state, from_write(Write::PutUser(Arc::new(user)))?))?;
     let templates = txn.open_table(TEMPLATES).map_err(table_error)?;
     for entry in templates.iter().map_err(table_error)? {
-        let (id, json) = entry.map_err(table_error)?;
-        put(state, Op::Template { id: id.value().to_string(), json: json.value().to_vec() })?;
+        let (id, value) = entry.map_err(table_error)?;
+        put(state, Op::Template { id: id.value().to_string(), value: value.value().to_vec() })?;
     }
     for_each::<Notification>(txn, NOTIFICATIONS, "notification", |n| {
         put(state, from_write(Write::PutNotification(Arc::new(n)))?)
@@ -113,9 +113,9 @@ fn copy_records(txn: &ReadTransaction, state: &mut State) -> Result<usize, Store
     for_each::<Campaign>(txn, CAMPAIGNS, "campaign", |c| put(state, from_write(Write::PutCampaign(Arc::new(c)))?))?;
     let pages = txn.open_table(AUDIENCE_PAGES).map_err(table_error)?;
     for entry in pages.iter().map_err(table_error)? {
-        let (key, json) = entry.map_err(table_error)?;
+        let (key, value) = entry.map_err(table_error)?;
         let (campaign, page) = key.value();
-        put(state, Op::AudiencePage { campaign: campaign.to_string(), page, json: json.value().to_vec() })?;
+        put(state, Op::AudiencePage { campaign: campaign.to_string(), page, value: value.value().to_vec() })?;
     }
     let finals = txn.open_table(CAMPAIGN_FINALS).map_err(table_error)?;
     for entry in finals.iter().map_err(table_error)? {

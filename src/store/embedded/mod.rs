@@ -11,6 +11,7 @@
 //! guarantee.
 
 mod apply;
+mod binary;
 mod checkpoint;
 mod compact;
 mod encode;
@@ -20,6 +21,7 @@ mod key;
 mod read;
 mod segments;
 mod wal;
+mod wire;
 mod writer;
 
 #[cfg(test)]

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use parking_lot::RwLock;
-use serde::de::DeserializeOwned;
 
 use super::apply::State;
+use super::binary;
 use super::encode::{Op, from_json, split_idempotency_value};
 use super::index::Loc;
 use super::key::Key;
@@ -23,7 +23,7 @@ pub fn users(state: &RwLock<State>) -> Result<Vec<User>, StoreError> {
         let state = state.read();
         locate_all(&state, state.index.users.values())?
     };
-    load_all(&located, "user")
+    load_all(&located)
 }
 
 pub fn templates(state: &RwLock<State>) -> Result<Vec<Template>, StoreError> {
@@ -31,7 +31,7 @@ pub fn templates(state: &RwLock<State>) -> Result<Vec<Template>, StoreError> {
         let state = state.read();
         locate_all(&state, state.index.templates.values())?
     };
-    load_all(&located, "template")
+    load_all(&located)
 }
 
 /// A notification's frame and its deliveries' frames, found under the lock.
@@ -56,10 +56,7 @@ impl NotificationFrames {
     }
 
     fn load(&self) -> Result<StoredNotification, StoreError> {
-        Ok(StoredNotification {
-            notification: load(&self.notification, "notification")?,
-            deliveries: load_all(&self.deliveries, "delivery")?,
-        })
+        Ok(StoredNotification { notification: load(&self.notification)?, deliveries: load_all(&self.deliveries)? })
     }
 }
 
@@ -86,7 +83,7 @@ pub fn notification(state: &RwLock<State>, id: &str) -> Result<Option<StoredNoti
 
 pub fn delivery(state: &RwLock<State>, id: &str) -> Result<Option<Delivery>, StoreError> {
     let located = locate_one(&state.read(), |s| s.index.deliveries.get(&Key::new(id)).copied())?;
-    located.map(|l| load(&l, "delivery")).transpose()
+    located.map(|l| load(&l)).transpose()
 }
 
 pub fn idempotency_entries(
@@ -156,7 +153,7 @@ pub fn dlq(
             .collect::<Result<Vec<_>, _>>()?;
         (ids, located)
     };
-    Ok(Page { items: load_all(&located, "delivery")?, next_cursor: next_cursor(ids, limit) })
+    Ok(Page { items: load_all(&located)?, next_cursor: next_cursor(ids, limit) })
 }
 
 pub fn inbox(
@@ -181,7 +178,7 @@ pub fn inbox(
         let located = locate_all(&state, page.iter().take(limit).map(|(_, loc)| loc))?;
         (page.into_iter().map(|(id, _)| id).collect(), located, inbox.unread)
     };
-    let items = load_all(&located, "inbox item")?;
+    let items = load_all(&located)?;
     Ok((Page { items, next_cursor: next_cursor(ids, limit) }, unread))
 }
 
@@ -209,12 +206,12 @@ pub fn scheduled(
         }
         located
     };
-    load_all(&located, "notification")
+    load_all(&located)
 }
 
 pub fn sequence(state: &RwLock<State>, id: &str) -> Result<Option<Sequence>, StoreError> {
     let located = locate_one(&state.read(), |s| s.index.sequences.get(&Key::new(id)).copied())?;
-    located.map(|l| load(&l, "sequence")).transpose()
+    located.map(|l| load(&l)).transpose()
 }
 
 pub fn open_sequences(state: &RwLock<State>) -> Result<Vec<Sequence>, StoreError> {
@@ -229,7 +226,7 @@ pub fn open_sequences(state: &RwLock<State>) -> Result<Vec<Sequence>, StoreError
         });
         locs.map(|loc| state.segments.locate(*loc?)).collect::<Result<Vec<_>, _>>()?
     };
-    load_all(&located, "sequence")
+    load_all(&located)
 }
 
 pub fn campaign(state: &RwLock<State>, id: &str) -> Result<Option<Campaign>, StoreError> {
@@ -241,7 +238,7 @@ pub fn campaign(state: &RwLock<State>, id: &str) -> Result<Option<Campaign>, Sto
         located.map(|l| (l, finals))
     };
     let Some((located, finals)) = found else { return Ok(None) };
-    let mut campaign: Campaign = load(&located, "campaign")?;
+    let mut campaign: Campaign = load(&located)?;
     campaign.finals = finals;
     Ok(Some(campaign))
 }
@@ -263,7 +260,7 @@ pub fn active_campaigns(state: &RwLock<State>) -> Result<Vec<Campaign>, StoreErr
     };
     let mut campaigns = Vec::with_capacity(found.len());
     for (located, finals) in found {
-        let mut campaign: Campaign = load(&located, "campaign")?;
+        let mut campaign: Campaign = load(&located)?;
         campaign.finals = finals;
         campaigns.push(campaign);
     }
@@ -272,7 +269,7 @@ pub fn active_campaigns(state: &RwLock<State>) -> Result<Vec<Campaign>, StoreErr
 
 pub fn audience_page(state: &RwLock<State>, id: &str, page: u32) -> Result<Option<Vec<String>>, StoreError> {
     let located = locate_one(&state.read(), |s| s.index.audience.get(&(Key::new(id), page)).copied())?;
-    located.map(|l| load(&l, "audience page")).transpose()
+    located.map(|l| load(&l)).transpose()
 }
 
 /// All users from the user index, or those carrying `tag` from the tag index; never the records.
@@ -323,23 +320,64 @@ fn locate_all<'a>(state: &State, locs: impl Iterator<Item = &'a Loc>) -> Result<
     locs.map(|loc| state.segments.locate(*loc)).collect()
 }
 
-fn load_all<T: DeserializeOwned>(located: &[Located], what: &str) -> Result<Vec<T>, StoreError> {
-    located.iter().map(|l| load(l, what)).collect()
+fn load_all<T: Stored>(located: &[Located]) -> Result<Vec<T>, StoreError> {
+    located.iter().map(load).collect()
 }
 
-/// Reads a record's frame and decodes the record's JSON.
-fn load<T: DeserializeOwned>(located: &Located, what: &str) -> Result<T, StoreError> {
+/// Reads a record's frame and decodes the record.
+fn load<T: Stored>(located: &Located) -> Result<T, StoreError> {
     let op = located.read()?;
-    let json = match &op {
-        Op::User { json, .. }
-        | Op::Template { json, .. }
-        | Op::Notification { json, .. }
-        | Op::Delivery { json, .. }
-        | Op::InboxItem { json, .. }
-        | Op::Sequence { json, .. }
-        | Op::Campaign { json, .. }
-        | Op::AudiencePage { json, .. } => json,
-        _ => return Err(StoreError::Corrupt(format!("a {what} points at another kind of record"))),
+    let value = match &op {
+        Op::User { value, .. }
+        | Op::Template { value, .. }
+        | Op::Notification { value, .. }
+        | Op::Delivery { value, .. }
+        | Op::InboxItem { value, .. }
+        | Op::Sequence { value, .. }
+        | Op::Campaign { value, .. }
+        | Op::AudiencePage { value, .. } => value,
+        _ => return Err(StoreError::Corrupt(format!("a {} points at another kind of record", T::WHAT))),
     };
-    from_json(what, json)
+    T::read(value)
 }
+
+/// A record kind as the segments store it: its name in errors, and how its bytes decode.
+trait Stored: Sized {
+    const WHAT: &'static str;
+    fn read(bytes: &[u8]) -> Result<Self, StoreError>;
+}
+
+impl Stored for Notification {
+    const WHAT: &'static str = "notification";
+    fn read(bytes: &[u8]) -> Result<Self, StoreError> {
+        binary::read_notification(bytes)
+    }
+}
+
+impl Stored for Delivery {
+    const WHAT: &'static str = "delivery";
+    fn read(bytes: &[u8]) -> Result<Self, StoreError> {
+        binary::read_delivery(bytes)
+    }
+}
+
+/// Kinds stored as JSON.
+macro_rules! json_records {
+    ($($ty:ty => $what:literal),+ $(,)?) => {$(
+        impl Stored for $ty {
+            const WHAT: &'static str = $what;
+            fn read(bytes: &[u8]) -> Result<Self, StoreError> {
+                from_json($what, bytes)
+            }
+        }
+    )+};
+}
+
+json_records!(
+    User => "user",
+    Template => "template",
+    InboxItem => "inbox item",
+    Sequence => "sequence",
+    Campaign => "campaign",
+    Vec<String> => "audience page",
+);

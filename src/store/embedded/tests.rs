@@ -127,9 +127,9 @@ fn encoding_extracts_the_facts_indexes_need() {
     );
     assert!(matches!(&ops[2], Op::InboxItem { unread: false, user_id, .. } if user_id == "u1"));
     let Op::Idempotency { expiry_ms: 1_500, value, .. } = &ops[3] else { panic!("{:?}", ops[3]) };
-    let (expiry, json) = split_idempotency_value(value).unwrap();
+    let (expiry, value) = split_idempotency_value(value).unwrap();
     assert_eq!(expiry, 1_500);
-    assert!(serde_json::from_slice::<IdempotencyEntry>(json).is_ok());
+    assert!(serde_json::from_slice::<IdempotencyEntry>(value).is_ok());
 }
 
 #[test]
@@ -248,8 +248,8 @@ fn the_unread_counter_follows_every_put_and_mark() {
     let (state, _) = rescan(&dir);
     assert_eq!(unread(&state), 0);
     let entry = state.index.inboxes[&Key::new("u1")].items[&Key::new("i1")];
-    let Op::InboxItem { json, .. } = state.segments.read(entry.loc).unwrap() else { panic!("not an inbox item") };
-    assert_eq!(serde_json::from_slice::<InboxItem>(&json).unwrap().read_at, Some(now));
+    let Op::InboxItem { value, .. } = state.segments.read(entry.loc).unwrap() else { panic!("not an inbox item") };
+    assert_eq!(serde_json::from_slice::<InboxItem>(&value).unwrap().read_at, Some(now));
 }
 
 #[test]
@@ -308,8 +308,8 @@ fn a_checkpoint_applies_only_the_last_put_of_a_record_and_keeps_every_other_op_i
     state.segments.flush().unwrap();
     assert_eq!(state.index.open_by_seq().len(), 0, "the open put was left out and the final one indexes nothing");
     let loc = state.index.notifications[&Key::new("n1")].loc().unwrap();
-    let Op::Notification { json, .. } = state.segments.read(loc).unwrap() else { panic!("not a notification") };
-    assert_eq!(serde_json::from_slice::<Notification>(&json).unwrap(), *done);
+    let Op::Notification { value, .. } = state.segments.read(loc).unwrap() else { panic!("not a notification") };
+    assert_eq!(super::binary::read_notification(&value).unwrap(), *done);
     let counts = FinalCounts { completed: 2, failed: 0, cancelled: 0 };
     assert_eq!(state.index.finals[&Key::new("c1")].1, counts);
     let (rescanned, scanned) = rescan(&dir);
@@ -343,7 +343,7 @@ fn a_start_rebuilds_the_indexes_and_cuts_off_a_checkpoint_that_never_finished() 
 #[test]
 fn compaction_moves_the_live_frames_of_a_mostly_dead_segment_and_keeps_the_rest() {
     let (dir, mut state) = fresh_state();
-    state.segments.set_max_bytes(4096);
+    state.segments.set_max_bytes(1024);
     let now = Timestamp::now();
     // Many versions of one open notification, a final one kept, and a user: the first segments are mostly dead.
     for round in 0..40 {
@@ -429,7 +429,7 @@ async fn a_store_of_an_earlier_herald_is_imported_with_its_log() {
     let dir = tempfile::tempdir().unwrap();
     let now = Timestamp::now();
     let redb_path = dir.path().join(import::FILE_NAME);
-    let json = |v: &dyn erased::Json| v.json();
+    let value = |v: &dyn erased::Json| v.value();
     let (open, done) =
         (notification("n1", 3, NotificationStatus::Dispatching), notification("n2", 9, NotificationStatus::Completed));
     let key_value = {
@@ -442,15 +442,15 @@ async fn a_store_of_an_earlier_herald_is_imported_with_its_log() {
         let mut users = txn.open_table(import::USERS).unwrap();
         let mut tagged = User::new("u1".into(), now);
         tagged.tags = vec!["vip".into()];
-        users.insert("u1", json(&tagged).as_slice()).unwrap();
+        users.insert("u1", value(&tagged).as_slice()).unwrap();
         let mut notifications = txn.open_table(import::NOTIFICATIONS).unwrap();
-        notifications.insert("n1", json(&*open).as_slice()).unwrap();
-        notifications.insert("n2", json(&*done).as_slice()).unwrap();
+        notifications.insert("n1", value(&*open).as_slice()).unwrap();
+        notifications.insert("n2", value(&*done).as_slice()).unwrap();
         let d = delivery("d1", Channel::Sms, DeliveryStatus::Dead);
-        txn.open_table(import::DELIVERIES).unwrap().insert("d1", json(&*d).as_slice()).unwrap();
+        txn.open_table(import::DELIVERIES).unwrap().insert("d1", value(&*d).as_slice()).unwrap();
         txn.open_table(import::IDEMPOTENCY).unwrap().insert("k1", key_value.as_slice()).unwrap();
         let item = inbox_item("i1", None);
-        txn.open_table(import::INBOX).unwrap().insert(("u1", "i1"), json(&*item).as_slice()).unwrap();
+        txn.open_table(import::INBOX).unwrap().insert(("u1", "i1"), value(&*item).as_slice()).unwrap();
         txn.open_table(import::CAMPAIGN_FINALS).unwrap().insert("c1", (4, 1, 0)).unwrap();
         let mut meta = txn.open_table(import::META).unwrap();
         meta.insert("wal_applied", 5).unwrap();
@@ -484,10 +484,10 @@ async fn a_store_of_an_earlier_herald_is_imported_with_its_log() {
 /// JSON of any record, for writing an earlier store's tables.
 mod erased {
     pub trait Json {
-        fn json(&self) -> Vec<u8>;
+        fn value(&self) -> Vec<u8>;
     }
     impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> Vec<u8> {
+        fn value(&self) -> Vec<u8> {
             serde_json::to_vec(self).unwrap()
         }
     }

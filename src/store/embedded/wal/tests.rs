@@ -10,27 +10,27 @@ use super::*;
 use crate::domain::{FinalCounts, NotificationStatus};
 
 fn every_op() -> Vec<Op> {
-    let json = br#"{"a":1}"#.to_vec();
+    let value = br#"{"a":1}"#.to_vec();
     let at = Timestamp::new(1_700_000_000, 123_456_789).unwrap();
     vec![
-        Op::User { id: "u1".into(), tags: vec!["vip".into(), "kr".into()], json: json.clone() },
-        Op::Template { id: "t1".into(), json: json.clone() },
-        Op::Notification { id: "n1".into(), seq: 7, open: false, scheduled: Some(-5), json: json.clone() },
-        Op::Notification { id: "n2".into(), seq: 8, open: true, scheduled: None, json: json.clone() },
+        Op::User { id: "u1".into(), tags: vec!["vip".into(), "kr".into()], value: value.clone() },
+        Op::Template { id: "t1".into(), value: value.clone() },
+        Op::Notification { id: "n1".into(), seq: 7, open: false, scheduled: Some(-5), value: value.clone() },
+        Op::Notification { id: "n2".into(), seq: 8, open: true, scheduled: None, value: value.clone() },
         Op::Delivery {
             id: "d1".into(),
             notification_id: "n1".into(),
             channel: "in_app",
             dead: true,
-            json: json.clone(),
+            value: value.clone(),
         },
         Op::Idempotency { key: "k".into(), expiry_ms: 99, value: vec![0, 1, 2] },
-        Op::InboxItem { user_id: "u1".into(), id: "i1".into(), unread: true, json: json.clone() },
+        Op::InboxItem { user_id: "u1".into(), id: "i1".into(), unread: true, value: value.clone() },
         Op::MarkRead { user_id: "u1".into(), ids: vec!["i1".into(), "ü".into()], at },
         Op::MarkAllRead { user_id: "u1".into(), at },
-        Op::Sequence { id: "s1".into(), open: true, json: json.clone() },
-        Op::Campaign { id: "c1".into(), active: false, json: json.clone() },
-        Op::AudiencePage { campaign: "c1".into(), page: 3, json },
+        Op::Sequence { id: "s1".into(), open: true, value: value.clone() },
+        Op::Campaign { id: "c1".into(), active: false, value: value.clone() },
+        Op::AudiencePage { campaign: "c1".into(), page: 3, value },
         Op::CampaignFinal { campaign: "c1".into(), status: NotificationStatus::Cancelled, delta: -1 },
         Op::CampaignCounts { campaign: "c1".into(), counts: FinalCounts { completed: 3, failed: 2, cancelled: 1 } },
     ]
