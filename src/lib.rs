@@ -4,7 +4,7 @@
 //! Crate map (see `docs/ARCHITECTURE.md`):
 //! - [`domain`]: users, templates, notifications, deliveries, statuses. Pure data, no I/O.
 //! - [`config`]: layered, typed settings.
-//! - [`store`]: the durable [`store::Store`] trait and its backends (embedded redb).
+//! - [`store`]: the durable [`store::Store`] trait and its backends (embedded: a write-ahead log and record segments; Redis).
 //! - [`providers`]: one client per provider protocol behind [`providers::Provider`].
 //! - [`sandbox`]: the provider simulator used by default, by tests and by the load generator.
 

@@ -1,10 +1,10 @@
-//! The write-ahead log in front of redb: what makes a group commit durable.
+//! The write-ahead log in front of the record segments: what makes a group commit durable.
 //!
 //! The writer thread appends one record per group commit and `fdatasync`s it; that is the durability point
-//! (the callback, so the 202, follows it). The checkpointer then applies the records to redb in large
-//! transactions, fsync'd about once a second, recording the last record applied in the database itself
-//! (`meta.wal_applied`, in the same transaction). At start every record after that one is applied again, so a
-//! crash loses nothing that was acknowledged and applies nothing twice.
+//! (the callback, so the 202, follows it). The checkpointer then applies the records to the segments in large
+//! checkpoints, each ending in a mark that names the last log record it applied (`segments.rs`). At start every
+//! record after the last mark is applied again, so a crash loses nothing that was acknowledged and applies
+//! nothing twice.
 //!
 //! Layout: `data/wal/{first lsn:020}.log` segments of up to [`SEGMENT_MAX_BYTES`], each starting with
 //! [`MAGIC`]. A record is `len: u32, crc32: u32` then `len` bytes of body: `lsn: u64` and the ops (`codec.rs`).
