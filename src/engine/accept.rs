@@ -90,9 +90,16 @@ impl Acceptor {
         let expires_at = now.checked_add(Duration::from_secs(ttl)).unwrap_or(now);
         request.claims.push(Claim { key: key.clone(), body_hash, expires_at });
         self.ctx.shard_pending[shard].fetch_add(1, Ordering::Relaxed);
+        let transactional = (request.priority != Priority::Low).then(tokio::time::Instant::now);
         let result = self.call_shard(shard, |reply| ShardMsg::Accept(Box::new(request), reply)).await;
         match result {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(reply)) => {
+                if let Some(started) = transactional {
+                    let now = tokio::time::Instant::now();
+                    self.ctx.transactional.record(now.saturating_duration_since(started), now);
+                }
+                Ok(reply)
+            }
             Ok(Err(e)) => {
                 self.ctx.reconcile.release_unless_held(&self.ctx.idempotency, &key);
                 Err(e)

@@ -14,6 +14,7 @@ mod idempotency;
 mod inbox_hub;
 mod outcome;
 mod plan;
+mod pressure;
 mod reconcile;
 mod report_wait;
 mod request;
@@ -76,6 +77,8 @@ pub struct EngineCtx {
     /// Accept requests sent to each shard and not yet handled (admission control).
     shard_pending: Vec<AtomicUsize>,
     seq: AtomicU64,
+    /// How long transactional accepts take: campaign fan-outs back off when it grows (`pressure.rs`).
+    transactional: pressure::TransactionalDelay,
 }
 
 impl EngineCtx {
@@ -220,6 +223,7 @@ impl Engine {
             sched_rewind: AtomicI64::new(i64::MAX),
             dispatchers,
             shard_pending: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            transactional: Default::default(),
             seq: AtomicU64::new(store.max_seq().await?),
         });
         let mut users_by_shard: Vec<Vec<User>> = (0..n).map(|_| Vec::new()).collect();

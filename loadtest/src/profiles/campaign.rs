@@ -96,7 +96,7 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<Outcome, String> {
         "audience": {"all_users": true},
     });
     if let Some(rate) = ctx.args.rate() {
-        body["rate_per_second"] = json!(rate);
+        body["rate_per_second"] = json!(rate_per_second(rate));
     }
     ctx.progress.phase(format!("campaign to {users} users, live high traffic at {}/s", ctx.args.live_rate));
     let posted_at = ctx.clock.now_us();
@@ -231,9 +231,20 @@ async fn get_campaign(ctx: &Ctx, id: &str) -> Option<Value> {
     response.json().await.ok()
 }
 
+/// `--rate` as the campaign's `rate_per_second`, which Herald takes as a whole number: rounded up, at least 1.
+fn rate_per_second(rate: f64) -> u64 {
+    rate.ceil().max(1.0) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_campaign_rate_is_sent_as_a_whole_number() {
+        assert_eq!(json!(rate_per_second(6000.0)), json!(6000));
+        assert_eq!((rate_per_second(2.5), rate_per_second(0.1)), (3, 1));
+    }
 
     #[test]
     fn recipients_are_read_from_their_addresses() {

@@ -223,7 +223,8 @@ impl Task {
         if overloaded {
             self.limit.overloaded();
         }
-        self.limit.record(latency, tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        self.limit.record(latency, self.campaigns.ctx.transactional.queueing(now), now);
         let h = &self.handle;
         h.processed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let counter = if accepted { &h.accepted } else { &h.skipped };

@@ -7,6 +7,10 @@
 //! itself or others, and the limit shrinks by a quarter; otherwise it grows, doubling until the first sign of
 //! queueing, then by an eighth. An `Overloaded` answer halves it. The baseline creeps up 2% per window, so a
 //! lasting change (a slower disk, a busier engine) is learned rather than read as queueing forever.
+//!
+//! A window also counts as queueing while transactional accepts queue (`engine/pressure.rs`): a blast's sends
+//! take the cores from transactional traffic without slowing the blast's own accepts, so its own latency alone
+//! let it run the machine into saturation.
 
 use std::time::Duration;
 
@@ -52,8 +56,9 @@ impl InFlightLimit {
         self.limit as usize
     }
 
-    /// One accept finished after `latency` (of its last attempt).
-    pub fn record(&mut self, latency: Duration, now: Instant) {
+    /// One accept finished after `latency` (of its last attempt); `transactional_queueing` says whether
+    /// transactional accepts queue now.
+    pub fn record(&mut self, latency: Duration, transactional_queueing: bool, now: Instant) {
         self.sum += latency;
         self.samples += 1;
         if self.samples < MIN_SAMPLES || now.duration_since(self.window_start) < WINDOW {
@@ -62,7 +67,7 @@ impl InFlightLimit {
         let mean = self.sum / self.samples;
         let baseline = self.baseline.map_or(mean, |b| b.mul_f64(DRIFT).min(mean));
         self.baseline = Some(baseline);
-        if mean.as_secs_f64() > baseline.as_secs_f64() * TOLERANCE {
+        if transactional_queueing || mean.as_secs_f64() > baseline.as_secs_f64() * TOLERANCE {
             self.slow_start = false;
             self.limit = (self.limit * DECREASE).max(1.0);
         } else if self.slow_start {
@@ -90,7 +95,7 @@ mod tests {
     fn window(limit: &mut InFlightLimit, latency: Duration, at: Instant) -> Instant {
         let end = at + WINDOW;
         for _ in 0..MIN_SAMPLES {
-            limit.record(latency, end);
+            limit.record(latency, false, end);
         }
         end
     }
@@ -127,14 +132,33 @@ mod tests {
     }
 
     #[test]
+    fn queueing_transactional_accepts_shrink_it_though_its_own_stay_fast() {
+        let mut limit = InFlightLimit::new(64);
+        let mut at = Instant::now();
+        for _ in 0..4 {
+            at = window(&mut limit, Duration::from_millis(5), at);
+        }
+        assert_eq!(limit.get(), 64);
+        for expected in [48, 36, 27] {
+            at += WINDOW;
+            for _ in 0..MIN_SAMPLES {
+                limit.record(Duration::from_millis(5), true, at);
+            }
+            assert_eq!(limit.get(), expected);
+        }
+        window(&mut limit, Duration::from_millis(5), at);
+        assert_eq!(limit.get(), 30, "transactional traffic is fast again: it grows back slowly");
+    }
+
+    #[test]
     fn a_window_needs_its_samples_and_its_time() {
         let mut limit = InFlightLimit::new(64);
         let start = Instant::now();
         for _ in 0..100 {
-            limit.record(Duration::from_millis(1), start);
+            limit.record(Duration::from_millis(1), false, start);
         }
         assert_eq!(limit.get(), 4, "many samples, no time");
-        limit.record(Duration::from_millis(1), start + WINDOW);
+        limit.record(Duration::from_millis(1), false, start + WINDOW);
         assert_eq!(limit.get(), 8);
     }
 
