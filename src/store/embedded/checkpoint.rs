@@ -4,10 +4,11 @@
 //! It collects logged records for up to [`INTERVAL`] (or [`MAX_OPS`] ops, or until a read asks for them),
 //! keeps only the last of several puts of one record ([`coalesce`]: a push that is fired and sent within one
 //! checkpoint is stored once, not twice per record), appends them with a checkpoint mark to the newest segment
-//! and points the index at them (`apply.rs`), publishes the LSN, which reads wait for (a read sees every write
-//! acknowledged before it started), syncs the segment and deletes the log segments the checkpoint covers.
-//! After a crash, replay resumes from the last mark. Between checkpoints it starts a new segment when the
-//! newest is full and compacts one mostly-dead segment (`compact.rs`).
+//! and points the index at them (`apply.rs`), and publishes the LSN, which reads wait for (a read sees every
+//! write acknowledged before it started). At most every [`SYNC_EVERY`] it syncs the segment and deletes the log
+//! segments that synced checkpoints cover, then starts a new segment when the newest is full and compacts one
+//! mostly-dead segment (`compact.rs`). After a crash, replay resumes from the last mark that made it to disk;
+//! the log still holds everything after the last synced one.
 //!
 //! A failed write of the segment is retried with a growing pause; while it lasts, reads and `health` answer
 //! `Unavailable`. A failed sync stops the log from being trimmed for the rest of the process (after a failed
@@ -34,6 +35,9 @@ use crate::store::StoreError;
 pub const MAX_OPS: usize = 20_000;
 /// How long records are collected before they are applied, unless a read is waiting for them.
 pub const INTERVAL: Duration = Duration::from_millis(200);
+/// The newest segment is synced (and the log trimmed) at most this often; starting a new segment and compaction
+/// follow a sync.
+const SYNC_EVERY: Duration = Duration::from_millis(500);
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -64,6 +68,7 @@ pub struct Progress {
 pub fn run(state: Arc<RwLock<State>>, queue: Receiver<Msg>, wal_dir: PathBuf, progress: Arc<Progress>) {
     let mut open = true;
     let mut trim_log = true;
+    let mut last_sync = Instant::now();
     while open {
         let first = match queue.recv() {
             Ok(Msg::Logged(first)) => first,
@@ -100,9 +105,15 @@ pub fn run(state: Arc<RwLock<State>>, queue: Receiver<Msg>, wal_dir: PathBuf, pr
             return;
         }
         progress.applied.send_replace(lsn);
-        trim_log &= sync(&state);
         let ms = started.elapsed().as_millis() as u64;
         tracing::debug!(ops, applied, ms, "checkpoint");
+        // Reads make checkpoints as often as they come; syncs (each a device cache flush, which the log's own
+        // syncs queue behind) come at most every SYNC_EVERY.
+        if open && last_sync.elapsed() < SYNC_EVERY {
+            continue;
+        }
+        last_sync = Instant::now();
+        trim_log &= sync(&state);
         if trim_log {
             trim(&wal_dir, lsn);
         }
@@ -110,10 +121,14 @@ pub fn run(state: Arc<RwLock<State>>, queue: Receiver<Msg>, wal_dir: PathBuf, pr
             return;
         }
     }
+    // The last records applied since the last sync (a clean stop leaves the log empty but for them).
+    if sync(&state) && trim_log {
+        trim(&wal_dir, progress.applied.borrow().to_owned());
+    }
 }
 
-/// Starts a new segment if the newest is full, then compacts one segment if one needs it. Returns false if the
-/// store closed while a write was failing.
+/// After a sync: starts a new segment if the newest is full (its frames are synced), then compacts one segment
+/// if one needs it. Returns false if the store closed while a write was failing.
 fn maintain(state: &RwLock<State>, progress: &Progress, lsn: u64, synced: &mut bool) -> bool {
     if let Err(error) = state.write().segments.roll_if_full() {
         tracing::error!(%error, "cannot start a new record segment; the newest one grows on");
