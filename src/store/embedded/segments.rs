@@ -392,16 +392,7 @@ pub fn read_all(file: &File) -> Result<Vec<u8>, StoreError> {
 
 /// The segments in `dir` by number.
 fn list(dir: &Path) -> Result<Vec<(u32, PathBuf)>, StoreError> {
-    let mut numbers = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
-        let path = entry.map_err(|e| io_error(dir, e))?.path();
-        let number = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".seg"));
-        if let Some(number) = number.and_then(|n| n.parse::<u32>().ok()) {
-            numbers.push((number, path));
-        }
-    }
-    numbers.sort_unstable();
-    Ok(numbers)
+    super::wal::numbered_files(dir, ".seg").map_err(|e| io_error(dir, e))
 }
 
 fn segment_path(dir: &Path, number: u32) -> PathBuf {

@@ -165,21 +165,27 @@ pub fn remove_all(dir: &Path) -> Result<(), StoreError> {
 
 /// The segments in `dir` by first LSN (none if `dir` does not exist).
 fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    numbered_files(dir, ".log").map_err(|e| io_error(dir, e))
+}
+
+/// The files in `dir` named `{number}{suffix}`, by number (none if `dir` does not exist): the log's and the
+/// record segments' files.
+pub fn numbered_files<N: std::str::FromStr + Ord>(dir: &Path, suffix: &str) -> std::io::Result<Vec<(N, PathBuf)>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_error(dir, e)),
+        Err(e) => return Err(e),
     };
-    let mut segments = Vec::new();
+    let mut files = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| io_error(dir, e))?.path();
-        let first = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".log"));
-        if let Some(first) = first.and_then(|n| n.parse::<u64>().ok()) {
-            segments.push((first, path));
+        let path = entry?.path();
+        let number = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(suffix));
+        if let Some(number) = number.and_then(|n| n.parse::<N>().ok()) {
+            files.push((number, path));
         }
     }
-    segments.sort_unstable();
-    Ok(segments)
+    files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(files)
 }
 
 fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
