@@ -347,37 +347,48 @@ async fn a_missing_contact_or_disabled_channel_is_filtered_not_failed() {
     app.running.stop().await;
 }
 
+/// Posts sms notifications of `priority` to `user` until one is refused; returns that answer and how many were
+/// accepted before it.
+async fn send_until_429(app: &app::TestApp, user: &str, priority: &str) -> (reqwest::Response, usize) {
+    for i in 0..20 {
+        let resp = app
+            .http
+            .post(format!("{}/v1/notifications", app.base))
+            .json(&json!({"user_id": user, "channels": ["sms"], "priority": priority, "content": {"body": format!("{priority} {i}")}}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status().as_u16() == 429 {
+            return (resp, i);
+        }
+        assert_eq!(resp.status().as_u16(), 202);
+    }
+    panic!("20 {priority} sends and the engine never pushed back");
+}
+
 #[tokio::test]
 async fn full_queues_answer_429_with_retry_after() {
     let app = spawn_app_with(|s| {
-        s.engine.queue_capacity = 1;
+        s.engine.queue_capacity = 2;
         s.providers.limits.get_mut(&ProviderKind::Twilio).unwrap().max_in_flight = 1;
     })
     .await;
     app.sandbox().set_faults(
         ProviderKind::Twilio,
-        FaultSettings { latency_min_ms: 300, latency_max_ms: 300, ..Default::default() },
+        FaultSettings { latency_min_ms: 2000, latency_max_ms: 2000, ..Default::default() },
     );
     app.user("u-429", &[]).await;
-    let mut limited = None;
-    for i in 0..20 {
-        let resp = app
-            .http
-            .post(format!("{}/v1/notifications", app.base))
-            .json(&json!({"user_id": "u-429", "channels": ["sms"], "content": {"body": format!("m{i}")}}))
-            .send()
-            .await
-            .unwrap();
-        if resp.status().as_u16() == 429 {
-            limited = Some(resp);
-            break;
-        }
-        assert_eq!(resp.status().as_u16(), 202);
-    }
-    let resp = limited.expect("the engine pushed back");
+    let (resp, _) = send_until_429(&app, "u-429", "normal").await;
     assert!(resp.headers().get("retry-after").is_some());
     let (_, metrics) = app.get("/metrics").await;
     assert!(metrics.as_str().unwrap().contains("herald_rejected_overload_total 1"));
+    // The normal lane is full; high sends wait behind only the high lane, which has room for two.
+    let (resp, accepted) = send_until_429(&app, "u-429", "high").await;
+    assert_eq!(accepted, 2, "high was refused behind the normal backlog");
+    assert!(resp.headers().get("retry-after").is_some());
+    // Low counts every lane, at half the capacity.
+    let (_, accepted) = send_until_429(&app, "u-429", "low").await;
+    assert_eq!(accepted, 0);
     app.running.stop().await;
 }
 

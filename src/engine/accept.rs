@@ -109,15 +109,17 @@ impl Acceptor {
         }
     }
 
-    /// Refuses work the engine cannot queue: 429 rather than unbounded memory. `low` is refused at half the
-    /// thresholds, so a campaign backs off before transactional traffic is refused.
+    /// Refuses work the engine cannot queue: 429 rather than unbounded memory. A dispatcher counts the jobs the
+    /// request would wait behind (its lane and the more urgent ones), so a backlog of `normal` scheduled sends
+    /// does not turn `high` away. `low` is refused at half the thresholds and counts every lane, so a campaign
+    /// backs off before transactional traffic is refused.
     pub(super) fn admit(&self, shard: usize, channels: &[Channel], priority: Priority) -> Result<(), EngineError> {
         let settings = &self.ctx.settings;
         let share = |limit: usize| if priority == Priority::Low { (limit / 2).max(1) } else { limit };
         let shard_full = self.ctx.shard_pending[shard].load(Ordering::Relaxed) >= share(settings.shard_pending_max);
         let dispatcher_full = channels.iter().flat_map(|c| ProviderKind::for_channel(*c)).any(|k| {
             // The in-app channel has no dispatcher.
-            self.ctx.dispatchers[k.index()].as_ref().is_some_and(|d| d.queued() >= share(d.capacity))
+            self.ctx.dispatchers[k.index()].as_ref().is_some_and(|d| d.queued_ahead_of(priority) >= share(d.capacity))
         });
         if shard_full || dispatcher_full {
             self.ctx.telemetry.overloaded();

@@ -107,18 +107,38 @@ const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 /// A provider's `Retry-After` is honoured up to this long; a longer one is taken as a typo, not a plan.
 const MAX_PAUSE: Duration = Duration::from_secs(300);
 
+/// Jobs queued per lane, counted from before a job enters the dispatcher's mailbox until it is handed off, so
+/// admission sees a burst the actor has not taken in yet.
+#[derive(Debug, Default)]
+pub struct Queued([AtomicUsize; 4]);
+
+impl Queued {
+    fn add(&self, priority: Priority) {
+        self.0[priority.lane()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sub(&self, priority: Priority) {
+        self.0[priority.lane()].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Jobs a new job of `priority` would wait behind: those of its lane and of the more urgent ones.
+    pub fn ahead_of(&self, priority: Priority) -> usize {
+        self.0[..=priority.lane()].iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// A handle the rest of the engine uses to reach one dispatcher and read its load.
 #[derive(Clone)]
 pub struct DispatcherHandle {
     pub actor: ActorRef<DispatcherMsg>,
-    /// Jobs queued (all lanes), for admission control.
-    pub queued: Arc<AtomicUsize>,
+    /// Jobs queued per lane, for admission control.
+    pub queued: Arc<Queued>,
     pub capacity: usize,
 }
 
 impl DispatcherHandle {
     pub fn dispatch(&self, job: DeliveryJob) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.queued.add(job.priority());
         if let Err(e) = self.actor.cast(DispatcherMsg::Dispatch(job)) {
             tracing::error!(error = %e, "dispatcher is gone; delivery left for restart recovery");
         }
@@ -129,9 +149,9 @@ impl DispatcherHandle {
         let _ = self.actor.cast(DispatcherMsg::Release { delivery, retry });
     }
 
-    /// Jobs queued in all lanes (admission compares it with `capacity`).
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+    /// Jobs queued that a new job of `priority` would wait behind (admission compares it with `capacity`).
+    pub fn queued_ahead_of(&self, priority: Priority) -> usize {
+        self.queued.ahead_of(priority)
     }
 }
 
@@ -142,7 +162,7 @@ pub struct DispatcherArgs {
     pub kind: ProviderKind,
     pub provider: Arc<dyn Provider>,
     pub limits: DispatchLimits,
-    pub queued: Arc<AtomicUsize>,
+    pub queued: Arc<Queued>,
     pub telemetry: Arc<Telemetry>,
 }
 
@@ -171,7 +191,7 @@ pub struct DispatcherState {
     resume_at: Option<Instant>,
     /// Set by a pause, cleared by the first answer that is not a rate limit; while set, one send at a time.
     probing: Arc<AtomicBool>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -214,7 +234,7 @@ impl Actor for Dispatcher {
             DispatcherMsg::Dispatch(job) => state.enqueue(job, false),
             DispatcherMsg::Release { delivery, retry } => state.release(&myself, &delivery.owner, retry),
             DispatcherMsg::RetryDue(job) => {
-                state.queued.fetch_add(1, Ordering::Relaxed);
+                state.queued.add(job.priority());
                 state.enqueue(job, true);
             }
             DispatcherMsg::Wake => state.wake_pending = false,
@@ -342,7 +362,7 @@ impl DispatcherState {
                 return;
             }
             let job = key.jobs.pop_front().expect("checked non-empty");
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.queued.sub(job.priority());
             self.telemetry.queue_changed(self.kind, job.priority(), -1);
             if job.handoff.compare_exchange(QUEUED, HANDED_OFF, Ordering::AcqRel, Ordering::Acquire).is_err() {
                 // Cancelled while queued: the shard already recorded it; the key moves on.

@@ -188,7 +188,7 @@ impl Engine {
         let mut dispatchers: Vec<Option<DispatcherHandle>> = vec![None; ProviderKind::ALL.len()];
         for provider in providers {
             let kind = provider.kind();
-            let queued = Arc::new(AtomicUsize::new(0));
+            let queued = Arc::new(dispatcher::Queued::default());
             let args = dispatcher::DispatcherArgs {
                 kind,
                 provider,
