@@ -43,7 +43,8 @@ fn client(target: &Target) -> Result<reqwest::Client, String> {
         .pool_max_idle_per_host(1024)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
-        .http2_adaptive_window(true);
+        .http2_adaptive_window(true)
+        .redirect(reqwest::redirect::Policy::none());
     if let Some(pem) = &target.ca_pem {
         let ca = reqwest::Certificate::from_pem(pem).map_err(|e| format!("the sandbox CA: {e}"))?;
         builder = builder.add_root_certificate(ca);

@@ -16,6 +16,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The HTTP client the providers share: pooled, rustls (ring) trusting the system roots plus `extra_roots`;
 /// HTTP/2 where the server offers it by ALPN (FCM, APNs), HTTP/1.1 otherwise (plain `http://` included).
+/// Redirects are not followed: a provider API answering 3xx is an answer to classify, not a place to re-send a
+/// message and its credentials to (and reqwest's redirect layer costs a few percent of a send's CPU).
 pub(crate) fn client(timeout: Duration, extra_roots: &[reqwest::Certificate]) -> Result<reqwest::Client, BuildError> {
     crate::sandbox::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
@@ -24,7 +26,8 @@ pub(crate) fn client(timeout: Duration, extra_roots: &[reqwest::Certificate]) ->
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_adaptive_window(true);
+        .http2_adaptive_window(true)
+        .redirect(reqwest::redirect::Policy::none());
     for root in extra_roots {
         builder = builder.add_root_certificate(root.clone());
     }
