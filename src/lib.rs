@@ -12,6 +12,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod hash;
 pub mod providers;
 pub mod sandbox;
 pub mod server;

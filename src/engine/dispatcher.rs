@@ -14,7 +14,7 @@
 //!   `Retry-After` has passed, counted from when the answer arrived. After a pause one probe request goes out
 //!   alone; the provider gets its full in-flight cap back only once an answer other than a rate limit arrives.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::config::DispatchLimits;
 use crate::domain::{Delivery, Priority, ProviderKind, Rendered};
+use crate::hash::HashMap;
 use crate::providers::{ErrorClass, Provider, ProviderError, SendRequest};
 use crate::telemetry::Telemetry;
 
@@ -214,7 +215,7 @@ impl Actor for Dispatcher {
             max_in_flight: args.limits.max_in_flight,
             in_flight: 0,
             lanes: Default::default(),
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             wake_pending: false,
             paused_until: None,
             resume_at: None,

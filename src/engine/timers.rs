@@ -5,11 +5,13 @@
 //! wall-clock instants read from the engine's [`Clock`], which tests can move forward: virtual time for
 //! schedules a year ahead.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
+
+use crate::hash::HashMap;
 
 /// What a timer is for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -6,7 +6,6 @@
 //! commit (the 202, handing jobs to dispatchers, releasing a dispatcher slot) run in the commit callback, which
 //! the store runs in submission order, so a user's deliveries reach dispatchers in acceptance order.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use crate::domain::{
     Channel, Delivery, DeliveryId, DeliveryStatus, Device, Notification, NotificationId, NotificationStatus,
     Preferences, Sequence, SequenceId, User,
 };
+use crate::hash::HashMap;
 use crate::providers::{Accepted, ProviderError, Report};
 use crate::store::{StoredNotification, Write};
 use crate::telemetry::Outcome;
@@ -179,12 +179,12 @@ impl Actor for Shard {
         Ok(ShardState {
             index: args.index,
             users: args.users.into_iter().map(|u| (u.id.clone(), u)).collect(),
-            open: HashMap::new(),
+            open: HashMap::default(),
             report_waits: ReportWaits::new(Duration::from_millis(args.ctx.settings.report_timeout_ms)),
             timers: Timers::default(),
             sched_until: Timestamp::UNIX_EPOCH,
-            left_scheduled: HashMap::new(),
-            sequences: HashMap::new(),
+            left_scheduled: HashMap::default(),
+            sequences: HashMap::default(),
             forgotten: Forgotten::default(),
             ctx: args.ctx,
         })

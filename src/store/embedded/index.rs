@@ -14,8 +14,7 @@ use super::encode::Op;
 use super::key::Key;
 use crate::domain::{FinalCounts, NotificationStatus};
 
-/// The index's hash maps: foldhash (several times SipHash's speed on these short keys), seeded per process.
-pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub use crate::hash::HashMap;
 
 /// Where a record's frame is: segment number, byte offset of the frame in it, frame length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
