@@ -62,6 +62,8 @@ pub struct Telemetry {
     outcomes: [[AtomicU64; Outcome::ALL.len()]; PROVIDERS],
     queue_depth: [[AtomicI64; LANES]; PROVIDERS],
     in_flight: [AtomicI64; PROVIDERS],
+    /// Due scheduled sends the shards hold while a provider they need is backed up.
+    scheduled_held: AtomicI64,
     /// Per provider and lane: the campaign (`low`) lane and the transactional lanes are told apart.
     latency_buckets: [[[AtomicU64; LATENCY_BUCKETS_MS.len() + 1]; LANES]; PROVIDERS],
     latency_sum_ms: [[AtomicU64; LANES]; PROVIDERS],
@@ -102,6 +104,10 @@ impl Telemetry {
 
     pub fn queue_changed(&self, provider: ProviderKind, priority: Priority, delta: i64) {
         self.queue_depth[provider.index()][priority.lane()].fetch_add(delta, Relaxed);
+    }
+
+    pub fn held_changed(&self, delta: i64) {
+        self.scheduled_held.fetch_add(delta, Relaxed);
     }
 
     pub fn in_flight_changed(&self, provider: ProviderKind, delta: i64) {
@@ -163,6 +169,8 @@ impl Telemetry {
                     writeln!(out, "herald_queue_depth{{provider=\"{}\",lane=\"{}\"}} {v}", p.as_str(), lane.as_str());
             }
         }
+        out.push_str("# TYPE herald_scheduled_held gauge\n");
+        let _ = writeln!(out, "herald_scheduled_held {}", self.scheduled_held.load(Relaxed));
         out.push_str("# TYPE herald_in_flight gauge\n");
         for p in ProviderKind::ALL {
             let _ = writeln!(

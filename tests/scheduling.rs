@@ -6,6 +6,8 @@ mod app;
 
 use std::time::Duration;
 
+use herald::domain::ProviderKind;
+use herald::sandbox::FaultSettings;
 use jiff::{SignedDuration, Timestamp, ToSpan};
 use serde_json::{Value, json};
 
@@ -240,4 +242,47 @@ async fn a_replayed_scheduled_request_answers_scheduled_as_a_duplicate() {
     assert_eq!(status, 202);
     assert_eq!(again["id"], first["id"]);
     assert_eq!((again["status"].clone(), again["duplicate"].clone()), (json!("scheduled"), json!(true)));
+}
+
+/// The sum of the metric lines that start with `prefix` (a name and its first labels).
+fn metric_sum(text: &str, prefix: &str) -> i64 {
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok()).sum()
+}
+
+/// Sends that come due while their provider is backed up wait in the shard (`herald_scheduled_held`) instead of
+/// filling its dispatcher past half of `engine.queue_capacity`; each still goes out once, in due order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_sends_wait_in_the_shard_while_their_provider_is_backed_up() {
+    let app = spawn_app_with(|s| {
+        s.engine.queue_capacity = 4;
+        s.providers.limits.get_mut(&ProviderKind::Fcm).unwrap().max_in_flight = 1;
+    })
+    .await;
+    app.sandbox()
+        .set_faults(ProviderKind::Fcm, FaultSettings { latency_min_ms: 20, latency_max_ms: 20, ..Default::default() });
+    app.user("u1", &[("tok-1", "android")]).await;
+    let now = Timestamp::now();
+    let expected: Vec<String> = (0..30).map(|i| format!("s{i:02}")).collect();
+    for (i, body) in expected.iter().enumerate() {
+        let due = now.checked_add(SignedDuration::from_hours(2) + SignedDuration::from_millis(i as i64)).unwrap();
+        app.send(scheduled("u1", body, due)).await;
+    }
+
+    app.running.engine.clock().advance(Duration::from_secs(3 * 3600));
+    let (mut peak_queued, mut peak_held) = (0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while app.sandbox().record().len() < expected.len() {
+        assert!(std::time::Instant::now() < deadline, "only {} of 30 sent", app.sandbox().record().len());
+        let (_, metrics) = app.get("/metrics").await;
+        let text = metrics.as_str().unwrap();
+        peak_queued = peak_queued.max(metric_sum(text, "herald_queue_depth{provider=\"fcm\""));
+        peak_held = peak_held.max(metric_sum(text, "herald_scheduled_held "));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(peak_queued <= 2, "the FCM queue reached {peak_queued} jobs; half the capacity is 2");
+    assert!(peak_held > 0, "nothing was held");
+    assert_eq!(barrier(&app, "u1").await, expected.len());
+    assert_eq!(bodies(&app), expected, "each once, in due order");
+    let (_, metrics) = app.get("/metrics").await;
+    assert_eq!(metric_sum(metrics.as_str().unwrap(), "herald_scheduled_held "), 0);
 }

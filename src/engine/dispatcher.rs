@@ -140,6 +140,22 @@ pub struct DispatcherHandle {
 impl DispatcherHandle {
     pub fn dispatch(&self, job: DeliveryJob) {
         self.queued.add(job.priority());
+        self.dispatch_reserved(job);
+    }
+
+    /// Counts `job` as queued ahead of its dispatch (it waits for a commit first), so admission and the
+    /// scheduled sends' room check see it; [`DispatcherHandle::dispatch_reserved`] or
+    /// [`DispatcherHandle::unreserve`] must follow.
+    pub fn reserve(&self, job: &DeliveryJob) {
+        self.queued.add(job.priority());
+    }
+
+    pub fn unreserve(&self, job: &DeliveryJob) {
+        self.queued.sub(job.priority());
+    }
+
+    /// Dispatches a job already counted by [`DispatcherHandle::reserve`].
+    pub fn dispatch_reserved(&self, job: DeliveryJob) {
         if let Err(e) = self.actor.cast(DispatcherMsg::Dispatch(job)) {
             tracing::error!(error = %e, "dispatcher is gone; delivery left for restart recovery");
         }

@@ -116,6 +116,26 @@ impl EngineCtx {
         }
     }
 
+    /// Counts `jobs` as queued before their commit (fired scheduled sends: `shard/held.rs`); then
+    /// [`EngineCtx::dispatch_reserved`] or [`EngineCtx::unreserve_all`].
+    fn reserve_all(&self, jobs: &[DeliveryJob]) {
+        for job in jobs {
+            self.dispatcher(job.provider()).reserve(job);
+        }
+    }
+
+    fn dispatch_reserved(&self, jobs: Vec<DeliveryJob>) {
+        for job in jobs {
+            self.dispatcher(job.provider()).dispatch_reserved(job);
+        }
+    }
+
+    fn unreserve_all(&self, jobs: &[DeliveryJob]) {
+        for job in jobs {
+            self.dispatcher(job.provider()).unreserve(job);
+        }
+    }
+
     fn backoff(&self, attempt: u32) -> Duration {
         let base = Duration::from_millis(self.settings.retry_base_ms);
         outcome::backoff(base, Duration::from_millis(self.settings.retry_max_ms), attempt)

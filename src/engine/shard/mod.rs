@@ -31,6 +31,7 @@ use super::timers::{TimerKey, Timers};
 use super::{EngineCtx, EngineError};
 
 mod delivery;
+mod held;
 mod scheduled;
 mod sequence;
 
@@ -79,6 +80,8 @@ pub enum ShardMsg {
     SchedCommitted(NotificationId),
     /// The earliest timer may be due.
     TimersDue,
+    /// Due sends are held for a provider's room: look again (`held.rs`).
+    HeldDue,
     StartSequence(Box<NewSequence>, Reply<Sequence>),
     CancelSequence(SequenceId, Reply<Sequence>),
     /// Running sequences read from the store at start (before `Restore`).
@@ -159,6 +162,8 @@ pub struct ShardState {
     report_waits: ReportWaits,
     /// Scheduled sends due inside the loaded window, and sequence step deadlines.
     timers: Timers,
+    /// Due scheduled sends waiting for a provider's room.
+    held: held::Held,
     /// The loader's window end: scheduled notifications due by then are kept in memory.
     sched_until: Timestamp,
     /// Scheduled notifications that left the scheduled state here, with the loader's read count when that
@@ -182,6 +187,7 @@ impl Actor for Shard {
             open: HashMap::default(),
             report_waits: ReportWaits::new(Duration::from_millis(args.ctx.settings.report_timeout_ms)),
             timers: Timers::default(),
+            held: held::Held::default(),
             sched_until: Timestamp::UNIX_EPOCH,
             left_scheduled: HashMap::default(),
             sequences: HashMap::default(),
@@ -227,6 +233,7 @@ impl Actor for Shard {
             ShardMsg::SchedLoaded(read) => st.on_sched_loaded(read),
             ShardMsg::SchedCommitted(id) => st.on_sched_committed(&me, &id),
             ShardMsg::TimersDue => st.on_timers_due(&me),
+            ShardMsg::HeldDue => st.on_held_due(&me),
             ShardMsg::StartSequence(req, reply) => {
                 st.ctx.shard_pending[st.index].fetch_sub(1, Ordering::Relaxed);
                 st.start_sequence(&me, *req, reply);

@@ -119,20 +119,36 @@ impl ShardState {
         self.run_due_timers(me);
     }
 
-    /// Fires every timer due by the clock, in due order, as one commit.
-    fn run_due_timers(&mut self, me: &ActorRef<ShardMsg>) {
+    /// Fires every timer due by the clock, and the held sends that have room again, in due order, as one
+    /// commit. A due send whose provider has no room is held instead (`held.rs`).
+    pub(super) fn run_due_timers(&mut self, me: &ActorRef<ShardMsg>) {
         let now = self.ctx.clock.now();
         let due = self.timers.pop_due(now);
-        if !due.is_empty() {
-            let mut writes = Vec::new();
-            let mut jobs = Vec::new();
-            let mut left = Vec::new();
-            for (_, key) in due {
-                match key {
-                    TimerKey::Send(id) => self.fire(me, &id, now, &mut writes, &mut jobs, &mut left),
-                    TimerKey::Step(id) => self.on_step_timeout(me, &id, &mut writes, &mut jobs),
-                }
+        let mut writes = Vec::new();
+        let mut jobs = Vec::new();
+        let mut left = Vec::new();
+        while let Some(id) = self.next_unheld() {
+            let before = jobs.len();
+            self.fire(me, &id, now, &mut writes, &mut jobs, &mut left);
+            self.ctx.reserve_all(&jobs[before..]);
+        }
+        for (_, key) in due {
+            let before = jobs.len();
+            match key {
+                TimerKey::Send(id) => match self
+                    .open
+                    .get(&id)
+                    .filter(|o| o.notification.status == NotificationStatus::Scheduled)
+                    .and_then(|o| self.hold_for(&o.notification))
+                {
+                    Some(kind) => self.hold(kind, id),
+                    None => self.fire(me, &id, now, &mut writes, &mut jobs, &mut left),
+                },
+                TimerKey::Step(id) => self.on_step_timeout(me, &id, &mut writes, &mut jobs),
             }
+            self.ctx.reserve_all(&jobs[before..]);
+        }
+        if !writes.is_empty() || !jobs.is_empty() {
             let ctx = self.ctx.clone();
             let shard = me.clone();
             self.ctx.submit(
@@ -143,12 +159,13 @@ impl ShardState {
                         for (_, _, landed) in &left {
                             landed.store(reads, Ordering::Release);
                         }
-                        ctx.dispatch_all(jobs);
+                        ctx.dispatch_reserved(jobs);
                     }
                     Err(e) => {
                         // Not fired as far as anyone knows: drop the in-memory state. The loader reads what is
                         // still scheduled again; a batch that landed anyway is adopted by the reconcile.
                         ctx.telemetry.store_error(&e);
+                        ctx.unreserve_all(&jobs);
                         for (id, due_ms, _) in left {
                             let _ = shard.cast(ShardMsg::Forget(id.clone()));
                             ctx.reconcile.accept_failed(&id, &[]);
@@ -159,6 +176,7 @@ impl ShardState {
             );
         }
         self.arm_timers(me);
+        self.arm_held(me);
     }
 
     /// A scheduled notification is due: fail it if it expired, defer it past quiet hours, or plan and dispatch
