@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::Args;
+use crate::cli::{Args, Profile};
 use crate::ledger::Verdict;
 use crate::raw::Raw;
 use crate::spawn::Usage;
@@ -194,6 +194,22 @@ pub fn warnings(streams: &[StreamSummary]) -> Vec<String> {
 }
 
 impl Summary {
+    /// When Herald delivered what a fixed-rate profile offered, its ratio measures the offer, not Herald: says
+    /// so, with the rate at which the ratio would reach issue #6's floor of 0.5.
+    fn kept_up_hint(&self) -> Option<String> {
+        if !matches!(self.parameters.profile, Profile::Steady | Profile::MidnightSpike) {
+            return None;
+        }
+        let (offered, delivered, raw) = (self.parameters.rate()?, self.delivered_per_s?, self.raw_http_rps?);
+        (delivered >= 0.97 * offered && delivered < 0.5 * raw).then(|| {
+            let floor = (0.5 * raw / 500.0).ceil() * 500.0;
+            format!(
+                "  (Herald kept up with the offered {offered:.0}/s: this ratio measures the offer; --rate {floor:.0} or \
+                 more measures it against the floor of 0.5)"
+            )
+        })
+    }
+
     /// Fills in the totals, the ratio and the memory, and decides whether the run passed.
     pub fn finish(&mut self, usage: Usage) {
         self.herald_rss_max_bytes = usage.herald_rss_max;
@@ -285,6 +301,9 @@ impl Summary {
                 rate(self.delivered_per_s),
                 rate(self.raw_http_rps)
             );
+            if let Some(hint) = self.kept_up_hint() {
+                let _ = writeln!(out, "{hint}");
+            }
         }
         for warning in &self.warnings {
             let _ = writeln!(out, "warning: {warning}");
@@ -379,6 +398,16 @@ mod tests {
         assert_eq!(json["streams"][0]["delivered"], 3);
         assert_eq!(json["passed"], true);
         assert!(s.text().contains("PASSED"));
+    }
+
+    #[test]
+    fn a_run_that_kept_up_below_the_floor_says_which_rate_measures_it() {
+        let mut s = summary(vec![stream(false)]);
+        s.ratio = Some(0.25);
+        assert!(s.text().contains("kept up with the offered 5000/s"), "{}", s.text());
+        assert!(s.text().contains("--rate 10000 or more"), "{}", s.text());
+        s.delivered_per_s = Some(4_000.0);
+        assert!(!s.text().contains("kept up"), "it did not keep up: {}", s.text());
     }
 
     #[test]
