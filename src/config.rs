@@ -146,6 +146,10 @@ pub struct SchedulingSettings {
     pub load_interval_ms: u64,
     /// Scheduled notifications read from the index per round trip.
     pub load_batch: usize,
+    /// At most about this many scheduled notifications are held in the shards' memory (timers and held due
+    /// sends); the loader reads the next ones as these fire. Bounds the memory of a spike larger than the
+    /// horizon's share of it.
+    pub max_loaded: usize,
     /// A sequence step's default time limit (the request's `step_timeout` overrides it).
     pub step_timeout_s: u64,
 }
@@ -252,6 +256,9 @@ impl Settings {
         }
         if sched.load_batch == 0 || sched.step_timeout_s == 0 {
             return invalid("scheduling.load_batch", "load_batch and step_timeout_s must be at least 1");
+        }
+        if sched.max_loaded == 0 {
+            return invalid("scheduling.max_loaded", "must be at least 1");
         }
         if self.engine.shards == 0 || self.engine.shards > 4096 {
             return invalid("engine.shards", "must be between 1 and 4096");

@@ -4,6 +4,7 @@
 //! is a relaxed atomic add with no lookup and no allocation.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use crate::domain::{Channel, DeliveryStatus, Priority, ProviderKind};
@@ -64,6 +65,8 @@ pub struct Telemetry {
     in_flight: [AtomicI64; PROVIDERS],
     /// Due scheduled sends the shards hold while a provider they need is backed up.
     scheduled_held: AtomicI64,
+    /// Scheduled sends in the shards' timers (shared with them: `engine/timers.rs`).
+    scheduled_timers: Arc<AtomicI64>,
     /// Per provider and lane: the campaign (`low`) lane and the transactional lanes are told apart.
     latency_buckets: [[[AtomicU64; LATENCY_BUCKETS_MS.len() + 1]; LANES]; PROVIDERS],
     latency_sum_ms: [[AtomicU64; LANES]; PROVIDERS],
@@ -108,6 +111,17 @@ impl Telemetry {
 
     pub fn held_changed(&self, delta: i64) {
         self.scheduled_held.fetch_add(delta, Relaxed);
+    }
+
+    /// The counter the shards' timers keep of their scheduled sends.
+    pub fn scheduled_timers(&self) -> Arc<AtomicI64> {
+        self.scheduled_timers.clone()
+    }
+
+    /// Scheduled notifications in the shards' memory: in timers, or due and held.
+    pub fn scheduled_in_memory(&self) -> usize {
+        let n = self.scheduled_timers.load(Relaxed) + self.scheduled_held.load(Relaxed);
+        usize::try_from(n).unwrap_or(0)
     }
 
     pub fn in_flight_changed(&self, provider: ProviderKind, delta: i64) {
@@ -169,6 +183,8 @@ impl Telemetry {
                     writeln!(out, "herald_queue_depth{{provider=\"{}\",lane=\"{}\"}} {v}", p.as_str(), lane.as_str());
             }
         }
+        out.push_str("# TYPE herald_scheduled_timers gauge\n");
+        let _ = writeln!(out, "herald_scheduled_timers {}", self.scheduled_timers.load(Relaxed));
         out.push_str("# TYPE herald_scheduled_held gauge\n");
         let _ = writeln!(out, "herald_scheduled_held {}", self.scheduled_held.load(Relaxed));
         out.push_str("# TYPE herald_in_flight gauge\n");

@@ -286,3 +286,37 @@ async fn due_sends_wait_in_the_shard_while_their_provider_is_backed_up() {
     let (_, metrics) = app.get("/metrics").await;
     assert_eq!(metric_sum(metrics.as_str().unwrap(), "herald_scheduled_held "), 0);
 }
+
+/// The loader keeps at most `scheduling.max_loaded` scheduled notifications in the shards' timers and reads the
+/// rest of its window as those fire: every one still goes out once, in due order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loader_holds_at_most_max_loaded_in_memory_and_reads_the_rest_as_they_fire() {
+    let app = spawn_app_with(|s| {
+        s.scheduling.max_loaded = 5;
+        s.scheduling.load_batch = 2;
+        s.scheduling.load_interval_ms = 20;
+    })
+    .await;
+    app.user("u1", &[("tok-1", "android")]).await;
+    let now = Timestamp::now();
+    let expected: Vec<String> = (0..30).map(|i| format!("s{i:02}")).collect();
+    for (i, body) in expected.iter().enumerate() {
+        let due = now.checked_add(SignedDuration::from_hours(2) + SignedDuration::from_millis(i as i64)).unwrap();
+        app.send(scheduled("u1", body, due)).await;
+    }
+
+    // All 30 are inside the loader's 60 s horizon, 30 s before they are due.
+    app.running.engine.clock().advance(Duration::from_secs(2 * 3600 - 30));
+    let mut peak = 0;
+    for _ in 0..40 {
+        let (_, metrics) = app.get("/metrics").await;
+        peak = peak.max(metric_sum(metrics.as_str().unwrap(), "herald_scheduled_timers "));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(peak, 5, "the shards held {peak} scheduled notifications; max_loaded is 5");
+
+    app.running.engine.clock().advance(Duration::from_secs(60));
+    app.wait_record(|r| r.iter().filter(|m| m.body != "barrier").count() >= expected.len()).await;
+    assert_eq!(barrier(&app, "u1").await, expected.len());
+    assert_eq!(bodies(&app), expected, "each once, in due order");
+}

@@ -19,6 +19,12 @@
 //!
 //! At start-up the first pass reads from the beginning of the index: everything that came due while Herald
 //! was down fires at once, oldest first within each shard.
+//!
+//! Memory: a pass reads no more than the shards have room for under `scheduling.max_loaded` (scheduled sends in
+//! their timers or held, `Telemetry::scheduled_in_memory`); the rest of its window stays after the cursor for
+//! the next passes. The shards' window end may then be past what was read, which the argument above allows:
+//! a shard keeping its own accepts due by it and a later read returning them too only meet in `Arm`, which
+//! skips what the shard already has.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -52,7 +58,8 @@ pub(super) async fn run_loader(ctx: Arc<EngineCtx>, shards: Vec<ActorRef<ShardMs
         if shards.iter().any(|s| s.cast(ShardMsg::SchedWindow(window_end)).is_err()) {
             return;
         }
-        match load(&ctx, &shards, &mut cursor, until_ms, settings.load_batch).await {
+        let room = settings.max_loaded.saturating_sub(ctx.telemetry.scheduled_in_memory());
+        match load(&ctx, &shards, &mut cursor, until_ms, settings.load_batch, room).await {
             Ok(Some(read)) => {
                 for shard in &shards {
                     let _ = shard.cast(ShardMsg::SchedLoaded(read));
@@ -71,19 +78,27 @@ pub(super) async fn run_loader(ctx: Arc<EngineCtx>, shards: Vec<ActorRef<ShardMs
     }
 }
 
-/// Reads the index after `cursor` up to `until_ms` and hands each page to the shards. Returns the number of the
-/// last read, or `None` if the shards are gone.
+/// Reads the index after `cursor` up to `until_ms`, at most `room` notifications, and hands each page to the
+/// shards. Returns the number of the last read, or `None` if the shards are gone.
 async fn load(
     ctx: &EngineCtx,
     shards: &[ActorRef<ShardMsg>],
     cursor: &mut Option<ScheduleCursor>,
     until_ms: i64,
     batch: usize,
+    mut room: usize,
 ) -> Result<Option<u64>, crate::store::StoreError> {
     loop {
+        if room == 0 {
+            // The shards hold `scheduling.max_loaded`: the rest of the window waits after the cursor until some
+            // fire. No read is in flight, so the last one's number is a correct end of this pass.
+            return Ok(Some(ctx.sched_reads.load(Ordering::Acquire)));
+        }
         let read = ctx.sched_reads.fetch_add(1, Ordering::AcqRel) + 1;
-        let page = ctx.store.scheduled(cursor.as_ref(), until_ms, batch).await?;
-        let full = page.len() >= batch;
+        let limit = batch.min(room);
+        let page = ctx.store.scheduled(cursor.as_ref(), until_ms, limit).await?;
+        let full = page.len() >= limit;
+        room -= page.len().min(room);
         if let Some(last) = page.last() {
             *cursor = Some(ScheduleCursor::of(last));
         }

@@ -6,6 +6,7 @@
 //! schedules a year ahead.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -48,13 +49,23 @@ pub struct Timers {
     due_of: HashMap<TimerKey, Timestamp>,
     /// The earliest due time a wake-up is already scheduled for.
     armed: Option<Timestamp>,
+    /// Scheduled-send timers of every shard (shared), which the loader keeps under `scheduling.max_loaded`.
+    sends: Arc<AtomicI64>,
 }
 
 impl Timers {
+    /// Timers whose scheduled sends are counted in `sends`, shared with other shards' timers.
+    pub fn counting(sends: Arc<AtomicI64>) -> Timers {
+        Timers { sends, ..Timers::default() }
+    }
+
     /// Sets (or moves) `key`'s timer.
     pub fn insert(&mut self, key: TimerKey, due: Timestamp) {
-        if let Some(old) = self.due_of.insert(key.clone(), due) {
-            self.by_due.remove(&(old, key.clone()));
+        let send = matches!(key, TimerKey::Send(_));
+        match self.due_of.insert(key.clone(), due) {
+            Some(old) => drop(self.by_due.remove(&(old, key.clone()))),
+            None if send => drop(self.sends.fetch_add(1, Ordering::Relaxed)),
+            None => {}
         }
         self.by_due.insert((due, key), ());
     }
@@ -62,6 +73,13 @@ impl Timers {
     pub fn remove(&mut self, key: &TimerKey) {
         if let Some(old) = self.due_of.remove(key) {
             self.by_due.remove(&(old, key.clone()));
+            self.count_gone(key);
+        }
+    }
+
+    fn count_gone(&self, key: &TimerKey) {
+        if matches!(key, TimerKey::Send(_)) {
+            self.sends.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -74,6 +92,7 @@ impl Timers {
             }
             let (at, key) = entry.remove_entry().0;
             self.due_of.remove(&key);
+            self.count_gone(&key);
             due.push((at, key));
         }
         due
@@ -134,6 +153,22 @@ mod tests {
         t.remove(&key);
         assert!(!t.due_of.contains_key(&key));
         assert!(t.pop_due(at(50)).is_empty());
+    }
+
+    #[test]
+    fn scheduled_sends_are_counted_while_they_wait() {
+        let sends = Arc::new(AtomicI64::new(0));
+        let mut t = Timers::counting(sends.clone());
+        t.insert(TimerKey::Send("a".into()), at(10));
+        t.insert(TimerKey::Send("a".into()), at(20));
+        t.insert(TimerKey::Send("b".into()), at(30));
+        t.insert(TimerKey::Step("s".into()), at(10));
+        assert_eq!(sends.load(Ordering::Relaxed), 2, "moved timers and step deadlines are not counted again");
+        t.remove(&TimerKey::Send("b".into()));
+        t.remove(&TimerKey::Send("b".into()));
+        assert_eq!(sends.load(Ordering::Relaxed), 1);
+        assert_eq!(t.pop_due(at(25)).len(), 2);
+        assert_eq!(sends.load(Ordering::Relaxed), 0);
     }
 
     #[test]

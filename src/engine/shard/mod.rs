@@ -186,7 +186,7 @@ impl Actor for Shard {
             users: args.users.into_iter().map(|u| (u.id.clone(), u)).collect(),
             open: HashMap::default(),
             report_waits: ReportWaits::new(Duration::from_millis(args.ctx.settings.report_timeout_ms)),
-            timers: Timers::default(),
+            timers: Timers::counting(args.ctx.telemetry.scheduled_timers()),
             held: held::Held::default(),
             sched_until: Timestamp::UNIX_EPOCH,
             left_scheduled: HashMap::default(),
