@@ -249,6 +249,17 @@ fn metric_sum(text: &str, prefix: &str) -> i64 {
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok()).sum()
 }
 
+/// Schedules 30 pushes to `u1`, due two hours from now a millisecond apart; returns their bodies in due order.
+async fn schedule_thirty(app: &TestApp) -> Vec<String> {
+    let now = Timestamp::now();
+    let bodies: Vec<String> = (0..30).map(|i| format!("s{i:02}")).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        let due = now.checked_add(SignedDuration::from_hours(2) + SignedDuration::from_millis(i as i64)).unwrap();
+        app.send(scheduled("u1", body, due)).await;
+    }
+    bodies
+}
+
 /// Sends that come due while their provider is backed up wait in the shard (`herald_scheduled_held`) instead of
 /// filling its dispatcher past half of `engine.queue_capacity`; each still goes out once, in due order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,12 +272,7 @@ async fn due_sends_wait_in_the_shard_while_their_provider_is_backed_up() {
     app.sandbox()
         .set_faults(ProviderKind::Fcm, FaultSettings { latency_min_ms: 20, latency_max_ms: 20, ..Default::default() });
     app.user("u1", &[("tok-1", "android")]).await;
-    let now = Timestamp::now();
-    let expected: Vec<String> = (0..30).map(|i| format!("s{i:02}")).collect();
-    for (i, body) in expected.iter().enumerate() {
-        let due = now.checked_add(SignedDuration::from_hours(2) + SignedDuration::from_millis(i as i64)).unwrap();
-        app.send(scheduled("u1", body, due)).await;
-    }
+    let expected = schedule_thirty(&app).await;
 
     app.running.engine.clock().advance(Duration::from_secs(3 * 3600));
     let (mut peak_queued, mut peak_held) = (0, 0);
@@ -298,12 +304,7 @@ async fn the_loader_holds_at_most_max_loaded_in_memory_and_reads_the_rest_as_the
     })
     .await;
     app.user("u1", &[("tok-1", "android")]).await;
-    let now = Timestamp::now();
-    let expected: Vec<String> = (0..30).map(|i| format!("s{i:02}")).collect();
-    for (i, body) in expected.iter().enumerate() {
-        let due = now.checked_add(SignedDuration::from_hours(2) + SignedDuration::from_millis(i as i64)).unwrap();
-        app.send(scheduled("u1", body, due)).await;
-    }
+    let expected = schedule_thirty(&app).await;
 
     // All 30 are inside the loader's 60 s horizon, 30 s before they are due.
     app.running.engine.clock().advance(Duration::from_secs(2 * 3600 - 30));
