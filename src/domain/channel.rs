@@ -160,6 +160,11 @@ impl ProviderKind {
         }
     }
 
+    /// The providers any of `channels` goes out through.
+    pub fn for_channels(channels: &[Channel]) -> impl Iterator<Item = ProviderKind> + '_ {
+        channels.iter().flat_map(|c| ProviderKind::for_channel(*c).iter().copied())
+    }
+
     /// The provider for a push token of this platform.
     pub fn for_platform(platform: Platform) -> ProviderKind {
         match platform {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use ractor::ActorRef;
 
-use crate::domain::{Channel, Priority, ProviderKind};
+use crate::domain::{Channel, Priority};
 
 use super::idempotency::Reservation;
 use super::request::{AcceptReply, Claim, NewNotification};
@@ -117,11 +117,7 @@ impl Acceptor {
         let settings = &self.ctx.settings;
         let share = |limit: usize| if priority == Priority::Low { (limit / 2).max(1) } else { limit };
         let shard_full = self.ctx.shard_pending[shard].load(Ordering::Relaxed) >= share(settings.shard_pending_max);
-        let dispatcher_full = channels.iter().flat_map(|c| ProviderKind::for_channel(*c)).any(|k| {
-            // The in-app channel has no dispatcher.
-            self.ctx.dispatchers[k.index()].as_ref().is_some_and(|d| d.queued_ahead_of(priority) >= share(d.capacity))
-        });
-        if shard_full || dispatcher_full {
+        if shard_full || self.ctx.backed_up(channels, priority, share).is_some() {
             self.ctx.telemetry.overloaded();
             return Err(EngineError::Overloaded);
         }

@@ -110,6 +110,20 @@ impl EngineCtx {
         self.dispatchers[kind.index()].as_ref().expect("every provider that gets jobs has a dispatcher")
     }
 
+    /// The first provider of `channels` whose dispatcher holds `limit(capacity)` jobs or more that a job of
+    /// `priority` would wait behind (its lane and the more urgent ones). Admission refuses on it; a due
+    /// scheduled send waits for it (`shard/held.rs`). The in-app channel has no dispatcher.
+    fn backed_up(
+        &self,
+        channels: &[Channel],
+        priority: Priority,
+        limit: impl Fn(usize) -> usize,
+    ) -> Option<ProviderKind> {
+        ProviderKind::for_channels(channels).find(|k| {
+            self.dispatchers[k.index()].as_ref().is_some_and(|d| d.queued_ahead_of(priority) >= limit(d.capacity))
+        })
+    }
+
     fn dispatch_all(&self, jobs: Vec<DeliveryJob>) {
         for job in jobs {
             self.dispatcher(job.provider()).dispatch(job);

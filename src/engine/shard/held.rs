@@ -42,16 +42,14 @@ impl ShardState {
     /// The provider a due `n` must wait for: the first it needs that already has sends held here (so it goes
     /// after them) or has no room.
     pub(super) fn hold_for(&self, n: &Notification) -> Option<ProviderKind> {
-        providers(n).find(|k| !self.held.queues[k.index()].is_empty()).or_else(|| self.without_room(n))
+        ProviderKind::for_channels(&n.channels)
+            .find(|k| !self.held.queues[k.index()].is_empty())
+            .or_else(|| self.without_room(n))
     }
 
     /// The first provider `n` needs whose dispatcher holds half its capacity or more ahead of `n`'s priority.
     fn without_room(&self, n: &Notification) -> Option<ProviderKind> {
-        providers(n).find(|k| {
-            self.ctx.dispatchers[k.index()]
-                .as_ref()
-                .is_some_and(|d| d.queued_ahead_of(n.priority) >= (d.capacity / 2).max(1))
-        })
+        self.ctx.backed_up(&n.channels, n.priority, |capacity| (capacity / 2).max(1))
     }
 
     pub(super) fn hold(&mut self, kind: ProviderKind, id: NotificationId) {
@@ -97,9 +95,4 @@ impl ShardState {
         self.held.wake_pending = false;
         self.run_due_timers(me);
     }
-}
-
-/// The providers `n`'s channels may use.
-fn providers(n: &Notification) -> impl Iterator<Item = ProviderKind> + '_ {
-    n.channels.iter().flat_map(|c| ProviderKind::for_channel(*c).iter().copied())
 }
