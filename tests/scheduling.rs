@@ -249,6 +249,24 @@ fn metric_sum(text: &str, prefix: &str) -> i64 {
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok()).sum()
 }
 
+/// Reads `/metrics` again and again until `done` holds for the latest sums of `prefixes` (at most 30 s);
+/// returns the highest sum of each seen meanwhile.
+async fn peaks_until<const N: usize>(app: &TestApp, prefixes: [&str; N], done: impl Fn(&[i64; N]) -> bool) -> [i64; N] {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut peaks = [0; N];
+    loop {
+        let (_, metrics) = app.get("/metrics").await;
+        let latest = prefixes.map(|prefix| metric_sum(metrics.as_str().unwrap(), prefix));
+        for (peak, value) in peaks.iter_mut().zip(latest) {
+            *peak = (*peak).max(value);
+        }
+        if done(&latest) {
+            return peaks;
+        }
+        assert!(std::time::Instant::now() < deadline, "still waiting after 30 s; last {prefixes:?} = {latest:?}");
+    }
+}
+
 /// Schedules 30 pushes to `u1`, due two hours from now a millisecond apart; returns their bodies in due order.
 async fn schedule_thirty(app: &TestApp) -> Vec<String> {
     let now = Timestamp::now();
@@ -275,16 +293,11 @@ async fn due_sends_wait_in_the_shard_while_their_provider_is_backed_up() {
     let expected = schedule_thirty(&app).await;
 
     app.running.engine.clock().advance(Duration::from_secs(3 * 3600));
-    let (mut peak_queued, mut peak_held) = (0, 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while app.sandbox().record().len() < expected.len() {
-        assert!(std::time::Instant::now() < deadline, "only {} of 30 sent", app.sandbox().record().len());
-        let (_, metrics) = app.get("/metrics").await;
-        let text = metrics.as_str().unwrap();
-        peak_queued = peak_queued.max(metric_sum(text, "herald_queue_depth{provider=\"fcm\""));
-        peak_held = peak_held.max(metric_sum(text, "herald_scheduled_held "));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let [peak_queued, peak_held] =
+        peaks_until(&app, ["herald_queue_depth{provider=\"fcm\"", "herald_scheduled_held "], |_| {
+            app.sandbox().record().len() >= expected.len()
+        })
+        .await;
     assert!(peak_queued <= 2, "the FCM queue reached {peak_queued} jobs; half the capacity is 2");
     assert!(peak_held > 0, "nothing was held");
     assert_eq!(barrier(&app, "u1").await, expected.len());
@@ -308,16 +321,13 @@ async fn the_loader_holds_at_most_max_loaded_in_memory_and_reads_the_rest_as_the
 
     // All 30 are inside the loader's 60 s horizon, 30 s before they are due.
     app.running.engine.clock().advance(Duration::from_secs(2 * 3600 - 30));
-    let mut peak = 0;
-    for _ in 0..40 {
-        let (_, metrics) = app.get("/metrics").await;
-        peak = peak.max(metric_sum(metrics.as_str().unwrap(), "herald_scheduled_timers "));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(peak, 5, "the shards held {peak} scheduled notifications; max_loaded is 5");
-
+    let [loaded] = peaks_until(&app, ["herald_scheduled_timers "], |[timers]| *timers >= 5).await;
+    // Then due: the loader reads the rest as those fire.
     app.running.engine.clock().advance(Duration::from_secs(60));
-    app.wait_record(|r| r.iter().filter(|m| m.body != "barrier").count() >= expected.len()).await;
+    let [draining] =
+        peaks_until(&app, ["herald_scheduled_timers "], |_| app.sandbox().record().len() >= expected.len()).await;
+    let peak = loaded.max(draining);
+    assert_eq!(peak, 5, "the shards held {peak} scheduled notifications; max_loaded is 5");
     assert_eq!(barrier(&app, "u1").await, expected.len());
     assert_eq!(bodies(&app), expected, "each once, in due order");
 }

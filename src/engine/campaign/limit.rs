@@ -93,9 +93,14 @@ mod tests {
 
     /// Feeds one full window of accepts that each took `latency`, starting at `at`; returns the window's end.
     fn window(limit: &mut InFlightLimit, latency: Duration, at: Instant) -> Instant {
+        window_with(limit, latency, false, at)
+    }
+
+    /// [`window`], with transactional accepts queueing or not meanwhile.
+    fn window_with(limit: &mut InFlightLimit, latency: Duration, transactional_queueing: bool, at: Instant) -> Instant {
         let end = at + WINDOW;
         for _ in 0..MIN_SAMPLES {
-            limit.record(latency, false, end);
+            limit.record(latency, transactional_queueing, end);
         }
         end
     }
@@ -140,10 +145,7 @@ mod tests {
         }
         assert_eq!(limit.get(), 64);
         for expected in [48, 36, 27] {
-            at += WINDOW;
-            for _ in 0..MIN_SAMPLES {
-                limit.record(Duration::from_millis(5), true, at);
-            }
+            at = window_with(&mut limit, Duration::from_millis(5), true, at);
             assert_eq!(limit.get(), expected);
         }
         window(&mut limit, Duration::from_millis(5), at);
