@@ -1,8 +1,8 @@
 //! This machine's raw loopback HTTP limit: a bare client sends the FCM v1 requests Herald sends, straight to the
 //! sandbox, closed loop with enough requests in flight to saturate it, for a few seconds. Same transport as
-//! Herald's FCM client: the same reqwest settings (HTTP/2 by ALPN over the sandbox's TLS, one pooled connection),
-//! the same service-account OAuth2 token from the sandbox's `/token`, the same message shape. Herald's
-//! delivered/s divided by this rate is the share of the bare limit the engine reaches.
+//! Herald's FCM client: its HTTP/2 client (`herald::providers::http2`, over the sandbox's TLS, the same number
+//! of connections), the same service-account OAuth2 token from the sandbox's `/token`, the same message shape.
+//! Herald's delivered/s divided by this rate is the share of the bare limit the engine reaches.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herald::providers::dev_credentials::FCM_SERVICE_ACCOUNT_JSON;
 use herald::providers::fcm::ServiceAccount;
+use herald::providers::http2::{self, Http2Client};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Uri};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -28,28 +31,30 @@ pub struct Raw {
     pub errors: u64,
     pub seconds: f64,
     pub concurrency: usize,
-    /// `HTTP/2.0 over TLS`, `HTTP/1.1 plain`, ...
+    /// `HTTP/2 over TLS` or `HTTP/2 plain (h2c)`
     pub transport: String,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const GRANT_TYPE: &str = "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer";
 
-/// Herald's provider client settings (`providers/http.rs`), with `target`'s CA trusted.
-fn client(target: &Target) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .connect_timeout(TIMEOUT)
-        .pool_max_idle_per_host(1024)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .http2_adaptive_window(true)
-        .redirect(reqwest::redirect::Policy::none());
+/// A client for the token request (HTTP/1.1 or 2, once), with `target`'s CA trusted.
+fn token_client(target: &Target) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(TIMEOUT);
     if let Some(pem) = &target.ca_pem {
         let ca = reqwest::Certificate::from_pem(pem).map_err(|e| format!("the sandbox CA: {e}"))?;
         builder = builder.add_root_certificate(ca);
     }
-    builder.build().map_err(|e| format!("building the raw client: {e}"))
+    builder.build().map_err(|e| format!("building the token client: {e}"))
+}
+
+/// Herald's FCM send client (`providers/http2.rs`, as many connections), with `target`'s CA trusted.
+fn send_client(target: &Target) -> Result<Http2Client, String> {
+    let roots = match &target.ca_pem {
+        Some(pem) => http2::pem_certificates(pem).map_err(|e| format!("the sandbox CA: {e}"))?,
+        None => Vec::new(),
+    };
+    Http2Client::new("fcm", &target.base, TIMEOUT, &roots, http2::CONNECTIONS).map_err(|e| e.to_string())
 }
 
 /// An access token from the sandbox's OAuth2 endpoint for the development service account.
@@ -83,24 +88,32 @@ pub fn message(token: &str, body: &str, delivery_id: &str) -> Value {
 
 /// Sends for `seconds` with `concurrency` requests in flight; bodies are `<tag> r <n>`.
 pub async fn measure(target: &Target, seconds: f64, concurrency: usize, tag: &str) -> Result<Raw, String> {
-    let http = client(target)?;
+    let sends = send_client(target)?;
     let account = ServiceAccount::from_json(FCM_SERVICE_ACCOUNT_JSON)
         .map_err(|e| format!("the development service account: {e}"))?;
-    let bearer = format!("Bearer {}", access_token(&http, &target.base, &account).await?);
+    let token = access_token(&token_client(target)?, &target.base, &account).await?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| format!("the access token: {e}"))?;
     let url = format!("{}/v1/projects/{}/messages:send", target.base, account.project_id);
+    let uri: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let post = move |body: Vec<u8>| {
+        let mut headers = HeaderMap::with_capacity(3);
+        headers.insert(AUTHORIZATION, bearer.clone());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        (Method::POST, uri.clone(), headers, bytes::Bytes::from(body))
+    };
 
-    // One request first, to open the connection and learn the protocol.
-    let probe = http
-        .post(&url)
-        .header("authorization", &bearer)
-        .json(&message("lt-token-raw", &format!("{tag} r probe"), "raw-probe"))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| format!("POST {url}: {e}"))?;
-    let scheme = if target.base.starts_with("https") { "TLS" } else { "plain" };
-    let transport = format!("{:?} over {scheme}", probe.version());
+    // One request first, to open the connection and see that it works.
+    let probe = serde_json::to_vec(&message("lt-token-raw", &format!("{tag} r probe"), "raw-probe")).expect("JSON");
+    let (method, uri, headers, body) = post(probe);
+    let answer = sends.send(method, uri, headers, body).await.map_err(|e| format!("POST {url}: {e}"))?;
+    if !(200..300).contains(&answer.status) {
+        return Err(format!("POST {url}: answered {}", answer.status));
+    }
+    let scheme = if target.base.starts_with("https") { "over TLS" } else { "plain (h2c)" };
+    let transport = format!("HTTP/2 {scheme}, {} connections", http2::CONNECTIONS);
 
+    let post = Arc::new(post);
     let next = Arc::new(AtomicU64::new(0));
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -108,24 +121,16 @@ pub async fn measure(target: &Target, seconds: f64, concurrency: usize, tag: &st
     let deadline = started + Duration::from_secs_f64(seconds);
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let (http, url, bearer, tag) = (http.clone(), url.clone(), bearer.clone(), tag.to_string());
+        let (sends, post, tag) = (sends.clone(), post.clone(), tag.to_string());
         let (next, ok, errors) = (next.clone(), ok.clone(), errors.clone());
         workers.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let body = serde_json::to_vec(&message("lt-token-raw", &format!("{tag} r {n}"), &format!("raw-{n}")))
                     .expect("a JSON value serializes");
-                let sent = http
-                    .post(&url)
-                    .header("authorization", &bearer)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let answered = match sent {
-                    Ok(response) if response.status().is_success() => response.bytes().await.is_ok(),
-                    _ => false,
-                };
+                let (method, uri, headers, body) = post(body);
+                let answered =
+                    matches!(sends.send(method, uri, headers, body).await, Ok(a) if (200..300).contains(&a.status));
                 // Only answers within the window count, so the rate is over exactly the measured seconds.
                 if Instant::now() <= deadline {
                     let counter = if answered { &ok } else { &errors };

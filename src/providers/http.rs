@@ -1,4 +1,4 @@
-//! What the HTTP provider clients share: the pooled `reqwest` client, `Retry-After` parsing, status-code
+//! What the HTTP provider clients share: the pooled `reqwest` client and the HTTP/2 clients' settings, `Retry-After` parsing, status-code
 //! fallbacks, percent-encoding of path and query pieces, and error descriptions that never carry a URL (URLs can
 //! hold device tokens).
 
@@ -7,18 +7,41 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use rustls_pki_types::CertificateDer;
 
+use super::http2::{self, Http2Client, pem_certificates};
 use super::{BuildError, ErrorClass};
 
 /// Idle connections kept per provider host: enough for every in-flight send of a busy dispatcher.
 const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// What the HTTP provider clients are built from: the shared reqwest client (Twilio, Bizppurio, FCM's OAuth2
+/// token), and the timeout and extra roots FCM's and APNs's own HTTP/2 clients (`http2.rs`) are made with.
+#[derive(Clone)]
+pub struct HttpClients {
+    pub(crate) shared: reqwest::Client,
+    timeout: Duration,
+    roots: Vec<CertificateDer<'static>>,
+}
+
+impl HttpClients {
+    /// Clients with `timeout` per request, trusting the system roots plus `extra_roots`.
+    pub fn new(timeout: Duration, extra_roots: Vec<CertificateDer<'static>>) -> Result<HttpClients, BuildError> {
+        Ok(HttpClients { shared: client(timeout, &extra_roots)?, timeout, roots: extra_roots })
+    }
+
+    /// An HTTP/2 client for the origin of `base_url`, with [`http2::CONNECTIONS`] connections.
+    pub(crate) fn http2(&self, provider: &'static str, base_url: &str) -> Result<Http2Client, BuildError> {
+        Http2Client::new(provider, base_url, self.timeout, &self.roots, http2::CONNECTIONS)
+    }
+}
+
 /// The HTTP client the providers share: pooled, rustls (ring) trusting the system roots plus `extra_roots`;
-/// HTTP/2 where the server offers it by ALPN (FCM, APNs), HTTP/1.1 otherwise (plain `http://` included).
+/// HTTP/2 where the server offers it by ALPN, HTTP/1.1 otherwise (plain `http://` included).
 /// Redirects are not followed: a provider API answering 3xx is an answer to classify, not a place to re-send a
-/// message and its credentials to (and reqwest's redirect layer costs a few percent of a send's CPU).
-pub(crate) fn client(timeout: Duration, extra_roots: &[reqwest::Certificate]) -> Result<reqwest::Client, BuildError> {
+/// message and its credentials to.
+fn client(timeout: Duration, extra_roots: &[CertificateDer<'static>]) -> Result<reqwest::Client, BuildError> {
     crate::sandbox::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
@@ -29,21 +52,22 @@ pub(crate) fn client(timeout: Duration, extra_roots: &[reqwest::Certificate]) ->
         .http2_adaptive_window(true)
         .redirect(reqwest::redirect::Policy::none());
     for root in extra_roots {
-        builder = builder.add_root_certificate(root.clone());
+        let root = reqwest::Certificate::from_der(root).map_err(|e| BuildError::Http(e.to_string()))?;
+        builder = builder.add_root_certificate(root);
     }
     builder.build().map_err(|e| BuildError::Http(e.to_string()))
 }
 
 /// The extra trusted roots: the configured PEM file, then the in-process sandbox's CA.
-pub(crate) fn extra_roots(file: &str, pem: Option<&str>) -> Result<Vec<reqwest::Certificate>, BuildError> {
+pub(crate) fn extra_roots(file: &str, pem: Option<&str>) -> Result<Vec<CertificateDer<'static>>, BuildError> {
     let invalid = |message: String| BuildError::invalid("tls", "extra_root_ca_file", message);
     let mut roots = Vec::new();
     if !file.is_empty() {
         let bytes = std::fs::read(file).map_err(|e| invalid(format!("`{file}`: {e}")))?;
-        roots.extend(reqwest::Certificate::from_pem_bundle(&bytes).map_err(|e| invalid(format!("`{file}`: {e}")))?);
+        roots.extend(pem_certificates(&bytes).map_err(|e| invalid(format!("`{file}`: {e}")))?);
     }
     if let Some(pem) = pem {
-        roots.extend(reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| invalid(e.to_string()))?);
+        roots.extend(pem_certificates(pem.as_bytes()).map_err(invalid)?);
     }
     Ok(roots)
 }

@@ -158,21 +158,22 @@ pub enum WebhookError {
 
 /// Makes the clients for FCM, APNs, SMTP, Twilio and Bizppurio, in that order.
 ///
-/// The HTTP clients share one pooled `reqwest::Client` with `settings.timeout_ms` as the request timeout.
+/// FCM and APNs send on HTTP/2 clients of their own (`http2.rs`); Twilio, Bizppurio and FCM's token requests
+/// share one pooled `reqwest::Client`. `settings.timeout_ms` bounds every request.
 /// `callback_base` is Herald's public URL, for status callbacks (`{callback_base}/webhooks/sms?...`).
 /// Must be called inside a Tokio runtime (the SMTP pool starts its cleanup task).
 pub fn build(settings: &ProvidersSettings, callback_base: &str) -> Result<Vec<Arc<dyn Provider>>, BuildError> {
     let timeout = Duration::from_millis(settings.timeout_ms.max(1));
     let roots = http::extra_roots(&settings.extra_root_ca_file, settings.extra_root_ca_pem.as_deref())?;
-    let http = http::client(timeout, &roots)?;
+    let http = http::HttpClients::new(timeout, roots)?;
     let smtp_roots = smtp::extra_root_pems(&settings.extra_root_ca_file, settings.extra_root_ca_pem.as_deref())?;
     let apns_token = Arc::new(apns::Es256ProviderToken::from_settings(&settings.apns)?);
     Ok(vec![
-        Arc::new(fcm::FcmClient::new(http.clone(), &settings.fcm)?),
-        Arc::new(apns::ApnsClient::new(http.clone(), &settings.apns, apns_token)?),
+        Arc::new(fcm::FcmClient::new(&http, &settings.fcm)?),
+        Arc::new(apns::ApnsClient::new(&http, &settings.apns, apns_token)?),
         Arc::new(smtp::SmtpClient::new(&settings.smtp, timeout, &smtp_roots)?),
-        Arc::new(twilio::TwilioClient::new(http.clone(), &settings.twilio, callback_base)?),
-        Arc::new(bizppurio::BizppurioClient::new(http, &settings.bizppurio)?),
+        Arc::new(twilio::TwilioClient::new(http.shared.clone(), &settings.twilio, callback_base)?),
+        Arc::new(bizppurio::BizppurioClient::new(http.shared, &settings.bizppurio)?),
     ])
 }
 
@@ -205,6 +206,8 @@ pub mod bizppurio;
 pub mod dev_credentials;
 pub mod fcm;
 mod http;
+pub mod http2;
+pub use http::HttpClients;
 pub mod smtp;
 #[cfg(test)]
 mod testing;

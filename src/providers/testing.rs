@@ -143,6 +143,10 @@ pub fn request(address: Address, title: Option<&str>, body: &str, priority: Prio
     }
 }
 
+pub fn http_clients() -> super::http::HttpClients {
+    super::http::HttpClients::new(std::time::Duration::from_secs(5), Vec::new()).unwrap()
+}
+
 pub fn http_client() -> reqwest::Client {
-    super::http::client(std::time::Duration::from_secs(5), &[]).unwrap()
+    http_clients().shared
 }

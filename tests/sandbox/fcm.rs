@@ -10,7 +10,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald::domain::{Address, Platform, Priority, ProviderKind, Rendered};
 use herald::providers::dev_credentials::FCM_SERVICE_ACCOUNT_JSON;
 use herald::providers::fcm::{Clock, FcmClient, FcmSettings};
-use herald::providers::{Accepted, ErrorClass, Provider, SendRequest};
+use herald::providers::http2;
+use herald::providers::{Accepted, ErrorClass, HttpClients, Provider, SendRequest};
 use herald::sandbox::FaultSettings;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use rustls_pki_types::PrivatePkcs8KeyDer;
@@ -56,6 +57,12 @@ pub async fn access_token(sandbox: &Sandbox) -> String {
     body["access_token"].as_str().unwrap().to_string()
 }
 
+/// The provider clients' HTTP clients, trusting the sandbox's CA.
+fn provider_http(sandbox: &Sandbox) -> HttpClients {
+    let ca = http2::pem_certificates(sandbox.handle.ca_pem().as_bytes()).unwrap();
+    HttpClients::new(Duration::from_secs(5), ca).unwrap()
+}
+
 /// A client for the sandbox's TLS listener, trusting its CA.
 fn tls_http(sandbox: &Sandbox) -> reqwest::Client {
     herald::sandbox::install_crypto_provider();
@@ -82,7 +89,7 @@ fn fcm_settings(sandbox: &Sandbox) -> FcmSettings {
 }
 
 fn client(sandbox: &Sandbox) -> FcmClient {
-    FcmClient::new(tls_http(sandbox), &fcm_settings(sandbox)).unwrap()
+    FcmClient::new(&provider_http(sandbox), &fcm_settings(sandbox)).unwrap()
 }
 
 fn push(token: &str) -> SendRequest {
@@ -213,7 +220,7 @@ async fn an_expired_token_is_refreshed_and_the_send_goes_through() {
     let sandbox = spawn_configured(short_lived, "").await;
     // The client's clock stands still, so only the sandbox's 401 can tell it the token is gone.
     let clock = Arc::new(FrozenClock(SystemTime::now()));
-    let client = FcmClient::with_clock(tls_http(&sandbox), &fcm_settings(&sandbox), clock).unwrap();
+    let client = FcmClient::with_clock(&provider_http(&sandbox), &fcm_settings(&sandbox), clock).unwrap();
     client.send(&push("device-1")).await.unwrap();
 
     // A token issued after the client's expires after it: once the sandbox refuses this one, it refuses both.
@@ -249,11 +256,11 @@ async fn configured_service_accounts_are_trusted_and_others_refused() {
     let sandbox = spawn_configured(sandbox_settings, "").await;
 
     let as_account = |file: String| FcmSettings { service_account_file: file, ..fcm_settings(&sandbox) };
-    let client = FcmClient::new(tls_http(&sandbox), &as_account(trusted)).unwrap();
+    let client = FcmClient::new(&provider_http(&sandbox), &as_account(trusted)).unwrap();
     client.send(&push("device-1")).await.unwrap();
     assert!(sandbox.handle.record()[0].provider_message_id.starts_with("projects/herald-prod/messages/"));
 
-    let client = FcmClient::new(tls_http(&sandbox), &as_account(stranger)).unwrap();
+    let client = FcmClient::new(&provider_http(&sandbox), &as_account(stranger)).unwrap();
     let error = client.send(&push("device-2")).await.unwrap_err();
     assert_eq!((error.class, error.code.as_str(), error.alert), (ErrorClass::Permanent, "invalid_grant", true));
     assert_eq!(sandbox.handle.record().len(), 1);

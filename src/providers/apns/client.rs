@@ -5,13 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use ::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use async_trait::async_trait;
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use super::{ApnsError, ApnsSettings, ProviderTokenSource};
 use crate::domain::{Address, Priority, ProviderKind};
+use crate::providers::http::HttpClients;
+use crate::providers::http2::Http2Client;
 use crate::providers::{Accepted, BuildError, Provider, ProviderError, SendRequest, http, log_refusal, wrong_address};
 
 const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
@@ -22,7 +25,7 @@ const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 
 /// Sends iOS push through APNs.
 pub struct ApnsClient {
-    http: reqwest::Client,
+    sends: Http2Client,
     /// `{base}/3/device/`; the token is appended per request.
     device_url: String,
     topic: HeaderValue,
@@ -31,7 +34,7 @@ pub struct ApnsClient {
 
 impl ApnsClient {
     pub fn new(
-        http: reqwest::Client,
+        http: &HttpClients,
         settings: &ApnsSettings,
         tokens: Arc<dyn ProviderTokenSource>,
     ) -> Result<ApnsClient, BuildError> {
@@ -40,38 +43,36 @@ impl ApnsClient {
             .ok()
             .filter(|_| !settings.topic.is_empty())
             .ok_or_else(|| BuildError::invalid("apns", "topic", "must be a non-empty bundle id"))?;
-        Ok(ApnsClient { http, device_url: format!("{base}/3/device/"), topic, tokens })
+        Ok(ApnsClient { sends: http.http2("apns", &base)?, device_url: format!("{base}/3/device/"), topic, tokens })
     }
 
     /// One POST of `notification` with `authorization`.
     async fn post(&self, notification: &Outgoing, authorization: &HeaderValue) -> Result<Accepted, Refusal> {
-        let mut builder = self
-            .http
-            .post(&notification.url)
-            .header(AUTHORIZATION, authorization.clone())
-            .header(APNS_TOPIC, self.topic.clone())
-            .header(APNS_PUSH_TYPE, HeaderValue::from_static("alert"))
-            .header(APNS_PRIORITY, HeaderValue::from_static(notification.priority))
-            // The engine carries no per-message expiry yet: 0 asks APNs to try once and not store it.
-            .header(APNS_EXPIRATION, HeaderValue::from_static("0"))
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(notification.payload.clone());
+        let mut headers = HeaderMap::with_capacity(8);
+        headers.insert(AUTHORIZATION, authorization.clone());
+        headers.insert(APNS_TOPIC, self.topic.clone());
+        headers.insert(APNS_PUSH_TYPE, HeaderValue::from_static("alert"));
+        headers.insert(APNS_PRIORITY, HeaderValue::from_static(notification.priority));
+        // The engine carries no per-message expiry yet: 0 asks APNs to try once and not store it.
+        headers.insert(APNS_EXPIRATION, HeaderValue::from_static("0"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(notification.payload.len()));
         if let Some(id) = &notification.apns_id {
-            builder = builder.header(APNS_ID, id.clone());
+            headers.insert(APNS_ID, id.clone());
         }
-        let response = match builder.send().await {
-            Ok(response) => response,
-            Err(e) => return Err((ApnsError::Transport, http::describe(e), None)),
+        let sent = self.sends.send(Method::POST, notification.uri.clone(), headers, notification.payload.clone()).await;
+        let answer = match sent {
+            Ok(answer) => answer,
+            Err(message) => return Err((ApnsError::Transport, message, None)),
         };
-        let status = response.status().as_u16();
+        let status = answer.status;
         if (200..300).contains(&status) {
-            let echoed = response.headers().get(APNS_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let echoed = answer.headers.get(APNS_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
             let sent = notification.apns_id.as_ref().and_then(|v| v.to_str().ok().map(str::to_string));
             return Ok(Accepted::Delivered { provider_message_id: echoed.or(sent) });
         }
-        let retry_after = http::retry_after(response.headers());
-        let bytes = response.bytes().await.unwrap_or_default();
-        let (error, message) = classify(status, &bytes);
+        let retry_after = http::retry_after(&answer.headers);
+        let (error, message) = classify(status, &answer.body);
         Err((error, message, retry_after))
     }
 }
@@ -93,8 +94,13 @@ impl Provider for ApnsClient {
             aps: Aps { alert: Alert { title: request.content.title.as_deref(), body: &request.content.body } },
             herald_delivery_id: &request.delivery_id,
         };
+        // Percent-encoded above, the token cannot break the URI; a base URL that parsed at start still does.
+        let Ok(uri) = Uri::try_from(url) else {
+            let message = "the device token does not make a valid URL".to_string();
+            return Err(refused(ApnsError::from_answer(400, Some("BadDeviceToken")), message, None, token));
+        };
         let notification = Outgoing {
-            url,
+            uri,
             payload: Bytes::from(serde_json::to_vec(&payload).expect("serializable")),
             apns_id: apns_id(&request.delivery_id),
             priority: apns_priority(request.priority),
@@ -122,7 +128,7 @@ impl Provider for ApnsClient {
 
 /// One notification ready to post; built once, since an expired provider token sends it twice.
 struct Outgoing {
-    url: String,
+    uri: Uri,
     payload: Bytes,
     apns_id: Option<HeaderValue>,
     priority: &'static str,
@@ -195,7 +201,7 @@ mod tests {
     use super::*;
     use crate::domain::Platform;
     use crate::providers::ErrorClass;
-    use crate::providers::testing::{Canned, DELIVERY_ID, FakePeer, dead_base_url, http_client, request};
+    use crate::providers::testing::{Canned, DELIVERY_ID, FakePeer, dead_base_url, http_clients, request};
 
     fn settings(base_url: &str) -> ApnsSettings {
         ApnsSettings {
@@ -231,7 +237,7 @@ mod tests {
 
     fn client_with(base_url: &str) -> (ApnsClient, Arc<NumberedTokens>) {
         let tokens = Arc::new(NumberedTokens::default());
-        (ApnsClient::new(http_client(), &settings(base_url), tokens.clone()).unwrap(), tokens)
+        (ApnsClient::new(&http_clients(), &settings(base_url), tokens.clone()).unwrap(), tokens)
     }
 
     fn client(base_url: &str) -> ApnsClient {

@@ -9,8 +9,10 @@ use serde_json::{Value, json};
 
 use super::{ApnsClient, ApnsSettings, Es256ProviderToken};
 use crate::domain::{Address, Platform, Priority, ProviderKind};
+use crate::providers::http::HttpClients;
+use crate::providers::http2;
 use crate::providers::testing::{DELIVERY_ID, request};
-use crate::providers::{Accepted, ErrorClass, Provider, SendRequest, dev_credentials, http};
+use crate::providers::{Accepted, ErrorClass, Provider, SendRequest, dev_credentials};
 use crate::sandbox::{FaultSettings, SandboxHandle, SandboxSettings};
 
 const DEVICE: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
@@ -31,10 +33,10 @@ async fn sandbox(max_age_s: u64) -> SandboxHandle {
     crate::sandbox::start(&settings, String::new()).await.unwrap()
 }
 
-/// The providers' shared HTTP client, trusting the sandbox's CA.
-fn https_client(sandbox: &SandboxHandle) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(sandbox.ca_pem().as_bytes()).unwrap();
-    http::client(Duration::from_secs(5), &[ca]).unwrap()
+/// The providers' HTTP clients, trusting the sandbox's CA.
+fn https_clients(sandbox: &SandboxHandle) -> HttpClients {
+    let ca = http2::pem_certificates(sandbox.ca_pem().as_bytes()).unwrap();
+    HttpClients::new(Duration::from_secs(5), ca).unwrap()
 }
 
 fn settings(sandbox: &SandboxHandle) -> ApnsSettings {
@@ -53,7 +55,7 @@ fn client_on_clock(sandbox: &SandboxHandle, key_id: &str, offset: Arc<AtomicI64>
     let clock = Arc::new(move || jiff::Timestamp::now().as_second() + offset.load(Ordering::SeqCst));
     let team = dev_credentials::APNS_TEAM_ID;
     let tokens = Es256ProviderToken::new(dev_credentials::APNS_KEY_P8, key_id, team, TTL, clock).unwrap();
-    ApnsClient::new(https_client(sandbox), &settings(sandbox), Arc::new(tokens)).unwrap()
+    ApnsClient::new(&https_clients(sandbox), &settings(sandbox), Arc::new(tokens)).unwrap()
 }
 
 fn client(sandbox: &SandboxHandle) -> ApnsClient {
@@ -84,11 +86,6 @@ async fn a_push_is_delivered_over_http2_with_the_apns_id() {
     assert_eq!((record[0].provider, record[0].to.as_str()), (ProviderKind::Apns, DEVICE));
     assert_eq!((record[0].title.as_deref(), record[0].body.as_str()), (Some("Login"), "New sign-in"));
     assert_eq!(record[0].reference.as_deref(), Some(DELIVERY_ID));
-
-    // The shared client negotiates h2 by ALPN on its own (the sandbox refuses APNs over HTTP/1.1).
-    let url = format!("https://{}/_sandbox/stats", sandbox.tls_addr());
-    let response = https_client(&sandbox).get(url).send().await.unwrap();
-    assert_eq!(response.version(), reqwest::Version::HTTP_2);
 }
 
 #[tokio::test]

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use ::http::{HeaderMap, HeaderValue, Method, Uri};
 use async_trait::async_trait;
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use super::account::ServiceAccount;
@@ -14,25 +15,27 @@ use super::oauth::{AccessTokens, Clock, SystemClock, TokenFailure};
 use super::{FcmError, FcmSettings};
 use crate::domain::{Address, Platform, Priority, ProviderKind};
 use crate::providers::dev_credentials::FCM_SERVICE_ACCOUNT_JSON;
+use crate::providers::http::HttpClients;
+use crate::providers::http2::Http2Client;
 use crate::providers::{Accepted, BuildError, Provider, ProviderError, SendRequest, http, log_refusal, wrong_address};
 
 /// Sends Android and web push through FCM.
 pub struct FcmClient {
-    http: reqwest::Client,
+    sends: Http2Client,
     /// `{base}/v1/projects/{project}/messages:send`, parsed once.
-    url: reqwest::Url,
+    uri: Uri,
     tokens: AccessTokens,
 }
 
 impl FcmClient {
     /// A client on the system clock.
-    pub fn new(http: reqwest::Client, settings: &FcmSettings) -> Result<FcmClient, BuildError> {
+    pub fn new(http: &HttpClients, settings: &FcmSettings) -> Result<FcmClient, BuildError> {
         FcmClient::with_clock(http, settings, Arc::new(SystemClock))
     }
 
     /// A client whose token expiry follows `clock` (tests).
     pub fn with_clock(
-        http: reqwest::Client,
+        http: &HttpClients,
         settings: &FcmSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<FcmClient, BuildError> {
@@ -58,28 +61,23 @@ impl FcmClient {
         http::push_encoded(&mut url, project);
         url.push_str("/messages:send");
         let margin = Duration::from_secs(settings.token_refresh_margin_s);
-        let tokens = AccessTokens::new(http.clone(), account, token_uri, margin, clock);
-        Ok(FcmClient { http, url: http::url("fcm", &url)?, tokens })
+        let tokens = AccessTokens::new(http.shared.clone(), account, token_uri, margin, clock);
+        let uri = url.parse().map_err(|e| BuildError::invalid("fcm", "base_url", format!("`{url}`: {e}")))?;
+        Ok(FcmClient { sends: http.http2("fcm", &base)?, uri, tokens })
     }
 
     /// One POST of the serialized message; an error answer comes back classified.
     async fn post(&self, authorization: HeaderValue, body: Bytes) -> Result<Accepted, Refusal> {
-        let sent = self
-            .http
-            .post(self.url.clone())
-            .header(AUTHORIZATION, authorization)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(body)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(e) => return Err((FcmError::Transport, http::describe(e), None)),
+        let mut headers = HeaderMap::with_capacity(3);
+        headers.insert(AUTHORIZATION, authorization);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let answer = match self.sends.send(Method::POST, self.uri.clone(), headers, body).await {
+            Ok(answer) => answer,
+            Err(message) => return Err((FcmError::Transport, message, None)),
         };
-        let status = response.status().as_u16();
-        let retry_after = http::retry_after(response.headers());
-        // A read failure after the status line still leaves the status to go by.
-        let bytes = response.bytes().await.unwrap_or_default();
+        let (status, bytes) = (answer.status, answer.body);
+        let retry_after = http::retry_after(&answer.headers);
         if (200..300).contains(&status) {
             let name = serde_json::from_slice::<SendAnswer>(&bytes).ok().and_then(|a| a.name);
             return Ok(Accepted::Delivered { provider_message_id: name });
@@ -266,7 +264,7 @@ mod tests {
 
     use super::*;
     use crate::providers::ErrorClass;
-    use crate::providers::testing::{Canned, DELIVERY_ID, FakePeer, Recorded, dead_base_url, http_client, request};
+    use crate::providers::testing::{Canned, DELIVERY_ID, FakePeer, Recorded, dead_base_url, http_clients, request};
 
     const SEND_PATH: &str = "/v1/projects/herald-test/messages:send";
 
@@ -281,7 +279,7 @@ mod tests {
     }
 
     fn client(base_url: &str) -> FcmClient {
-        FcmClient::new(http_client(), &settings(base_url)).unwrap()
+        FcmClient::new(&http_clients(), &settings(base_url)).unwrap()
     }
 
     /// A peer that hands out `ya29.token` at `/token` and answers sends with `respond`.
@@ -483,7 +481,7 @@ mod tests {
         let dead = dead_base_url().await;
         let token_peer = peer(|_| Canned::empty(500)).await;
         let settings = FcmSettings { token_uri: format!("{}/token", token_peer.base_url), ..settings(&dead) };
-        let client = FcmClient::new(http_client(), &settings).unwrap();
+        let client = FcmClient::new(&http_clients(), &settings).unwrap();
         let error = client.send(&push("tok", Priority::Normal)).await.unwrap_err();
         assert_eq!((error.class, error.code.as_str()), (ErrorClass::Retryable, "transport"));
         assert!(!error.message.contains("127.0.0.1"), "no URL in {}", error.message);
@@ -500,7 +498,7 @@ mod tests {
 
     #[test]
     fn settings_errors_name_the_field() {
-        let error = |settings: FcmSettings| FcmClient::new(http_client(), &settings).err().unwrap().to_string();
+        let error = |settings: FcmSettings| FcmClient::new(&http_clients(), &settings).err().unwrap().to_string();
         let base = settings("http://127.0.0.1:1");
         let missing = FcmSettings { service_account_file: "/nonexistent/sa.json".into(), ..base.clone() };
         assert!(error(missing).starts_with("providers.fcm.service_account_file: `/nonexistent/sa.json`"));
@@ -523,8 +521,8 @@ mod tests {
     fn empty_settings_fall_back_to_the_service_account() {
         let settings =
             FcmSettings { project_id: String::new(), token_uri: String::new(), ..settings("http://127.0.0.1:1") };
-        let client = FcmClient::new(http_client(), &settings).unwrap();
-        assert_eq!(client.url.path(), "/v1/projects/herald-dev/messages:send");
+        let client = FcmClient::new(&http_clients(), &settings).unwrap();
+        assert_eq!(client.uri.path(), "/v1/projects/herald-dev/messages:send");
     }
 
     #[test]
