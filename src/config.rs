@@ -150,6 +150,12 @@ pub struct SchedulingSettings {
     /// sends); the loader reads the next ones as these fire. Bounds the memory of a spike larger than the
     /// horizon's share of it.
     pub max_loaded: usize,
+    /// A due scheduled send fires only while each dispatcher it needs holds fewer than this many jobs it would
+    /// wait behind (and fewer than half `engine.queue_capacity`); otherwise it waits in its shard, still
+    /// `scheduled` (`shard/held.rs`). Short enough that an overloaded spike's sends are committed and planned
+    /// just before they go, not seconds ahead with their state gone cold; long enough to cover the shard's
+    /// 10 ms look between refills.
+    pub fire_ahead: usize,
     /// A sequence step's default time limit (the request's `step_timeout` overrides it).
     pub step_timeout_s: u64,
 }
@@ -259,6 +265,9 @@ impl Settings {
         }
         if sched.max_loaded == 0 {
             return invalid("scheduling.max_loaded", "must be at least 1");
+        }
+        if sched.fire_ahead == 0 {
+            return invalid("scheduling.fire_ahead", "must be at least 1");
         }
         if self.engine.shards == 0 || self.engine.shards > 4096 {
             return invalid("engine.shards", "must be between 1 and 4096");

@@ -287,21 +287,39 @@ async fn due_sends_wait_in_the_shard_while_their_provider_is_backed_up() {
         s.providers.limits.get_mut(&ProviderKind::Fcm).unwrap().max_in_flight = 1;
     })
     .await;
+    due_sends_fill_the_fcm_queue_to_at_most(&app, 2, "half the capacity").await;
+}
+
+/// However large the queue capacity, due sends fire only `scheduling.fire_ahead` jobs ahead of the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_sends_fire_at_most_fire_ahead_jobs_ahead() {
+    let app = spawn_app_with(|s| {
+        s.engine.queue_capacity = 1000;
+        s.scheduling.fire_ahead = 2;
+        s.providers.limits.get_mut(&ProviderKind::Fcm).unwrap().max_in_flight = 1;
+    })
+    .await;
+    due_sends_fill_the_fcm_queue_to_at_most(&app, 2, "fire_ahead").await;
+}
+
+/// Thirty sends to a slow FCM (one at a time, 20 ms each) all come due: the FCM queue never holds more than
+/// `limit`, some wait in the shard, and each still goes out once, in due order.
+async fn due_sends_fill_the_fcm_queue_to_at_most(app: &TestApp, limit: i64, bound: &str) {
     app.sandbox()
         .set_faults(ProviderKind::Fcm, FaultSettings { latency_min_ms: 20, latency_max_ms: 20, ..Default::default() });
     app.user("u1", &[("tok-1", "android")]).await;
-    let expected = schedule_thirty(&app).await;
+    let expected = schedule_thirty(app).await;
 
     app.running.engine.clock().advance(Duration::from_secs(3 * 3600));
     let [peak_queued, peak_held] =
-        peaks_until(&app, ["herald_queue_depth{provider=\"fcm\"", "herald_scheduled_held "], |_| {
+        peaks_until(app, ["herald_queue_depth{provider=\"fcm\"", "herald_scheduled_held "], |_| {
             app.sandbox().record().len() >= expected.len()
         })
         .await;
-    assert!(peak_queued <= 2, "the FCM queue reached {peak_queued} jobs; half the capacity is 2");
+    assert!(peak_queued <= limit, "the FCM queue reached {peak_queued} jobs; {bound} is {limit}");
     assert!(peak_held > 0, "nothing was held");
-    assert_eq!(barrier(&app, "u1").await, expected.len());
-    assert_eq!(bodies(&app), expected, "each once, in due order");
+    assert_eq!(barrier(app, "u1").await, expected.len());
+    assert_eq!(bodies(app), expected, "each once, in due order");
     let (_, metrics) = app.get("/metrics").await;
     assert_eq!(metric_sum(metrics.as_str().unwrap(), "herald_scheduled_held "), 0);
 }

@@ -14,7 +14,6 @@
 //! `Unavailable`. A failed sync stops the log from being trimmed for the rest of the process (after a failed
 //! fsync the kernel may have dropped the pages, and only the log still has them for sure).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +28,7 @@ use super::apply::{self, State};
 use super::compact;
 use super::encode::Op;
 use super::wal;
+use crate::hash::HashMap;
 use crate::store::StoreError;
 
 /// Ops applied in one checkpoint at most (a record is never split, so one may overshoot).
@@ -69,6 +69,7 @@ pub fn run(state: Arc<RwLock<State>>, queue: Receiver<Msg>, wal_dir: PathBuf, pr
     let mut open = true;
     let mut trim_log = true;
     let mut last_sync = Instant::now();
+    let mut compaction_buffer = Vec::new();
     while open {
         let first = match queue.recv() {
             Ok(Msg::Logged(first)) => first,
@@ -117,7 +118,7 @@ pub fn run(state: Arc<RwLock<State>>, queue: Receiver<Msg>, wal_dir: PathBuf, pr
         if trim_log {
             trim(&wal_dir, lsn);
         }
-        if !maintain(&state, &progress, lsn, &mut trim_log) {
+        if !maintain(&state, &progress, lsn, &mut trim_log, &mut compaction_buffer) {
             return;
         }
     }
@@ -129,11 +130,11 @@ pub fn run(state: Arc<RwLock<State>>, queue: Receiver<Msg>, wal_dir: PathBuf, pr
 
 /// After a sync: starts a new segment if the newest is full (its frames are synced), then compacts one segment
 /// if one needs it. Returns false if the store closed while a write was failing.
-fn maintain(state: &RwLock<State>, progress: &Progress, lsn: u64, synced: &mut bool) -> bool {
+fn maintain(state: &RwLock<State>, progress: &Progress, lsn: u64, synced: &mut bool, buffer: &mut Vec<u8>) -> bool {
     if let Err(error) = state.write().segments.roll_if_full() {
         tracing::error!(%error, "cannot start a new record segment; the newest one grows on");
     }
-    let compacted = match compact::copy_live(state, lsn) {
+    let compacted = match compact::copy_live(state, lsn, buffer) {
         Ok(Some(compacted)) => compacted,
         Ok(None) => return true,
         Err(error) => {
@@ -208,7 +209,7 @@ fn trim(wal_dir: &std::path::Path, lsn: u64) {
 pub fn coalesce(batch: &[Logged]) -> Vec<&Op> {
     let total = batch.iter().map(|l| l.ops.len()).sum();
     let mut ops: Vec<Option<&Op>> = Vec::with_capacity(total);
-    let mut last: HashMap<(u8, &str), usize> = HashMap::with_capacity(total);
+    let mut last: HashMap<(u8, &str), usize> = HashMap::with_capacity_and_hasher(total, Default::default());
     for op in batch.iter().flat_map(|l| &l.ops) {
         if let Some(key) = record_key(op)
             && let Some(earlier) = last.insert(key, ops.len())

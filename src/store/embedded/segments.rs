@@ -382,12 +382,11 @@ pub fn decode_op(frame: &[u8]) -> Result<Op, StoreError> {
     }
 }
 
-/// Reads a whole sealed segment.
-pub fn read_all(file: &File) -> Result<Vec<u8>, StoreError> {
+/// Reads a whole sealed segment into `bytes` (resized to the file's length; only growth is zero-filled).
+pub fn read_all_into(file: &File, bytes: &mut Vec<u8>) -> Result<(), StoreError> {
     let read = |e| StoreError::Unavailable(format!("reading a record segment: {e}"));
-    let mut bytes = vec![0; file.metadata().map_err(read)?.len() as usize];
-    file.read_exact_at(&mut bytes, 0).map_err(read)?;
-    Ok(bytes)
+    bytes.resize(file.metadata().map_err(read)?.len() as usize, 0);
+    file.read_exact_at(bytes, 0).map_err(read)
 }
 
 /// The segments in `dir` by number.

@@ -359,7 +359,8 @@ fn compaction_moves_the_live_frames_of_a_mostly_dead_segment_and_keeps_the_rest(
     assert!(before.len() > 3, "{before:?}");
     let state = parking_lot::RwLock::new(state);
     let mut compacted = 0;
-    while let Some(done) = super::compact::copy_live(&state, 1).unwrap() {
+    let mut buffer = Vec::new();
+    while let Some(done) = super::compact::copy_live(&state, 1, &mut buffer).unwrap() {
         state.write().segments.remove(done.segment).unwrap();
         compacted += 1;
     }
