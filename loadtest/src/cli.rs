@@ -82,7 +82,7 @@ pub struct Args {
     #[arg(long, default_value_t = 200.0)]
     pub live_rate: f64,
     /// midnight-spike: seconds from the start of pre-scheduling to the midnight; default 20 s plus the
-    /// notifications at an assumed 3,000 accepted/s. A run whose pre-scheduling reaches the midnight aborts.
+    /// notifications at an assumed 10,000 accepted/s. A run whose pre-scheduling reaches the midnight aborts.
     #[arg(long)]
     pub lead_s: Option<f64>,
     /// Herald's `scheduling.min_lead_s`: midnight-spike must post every notification this long before it is due.
