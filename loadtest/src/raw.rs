@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use herald::providers::dev_credentials::FCM_SERVICE_ACCOUNT_JSON;
 use herald::providers::fcm::ServiceAccount;
 use herald::providers::http2::{self, Http2Client};
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Uri};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue, Uri};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -95,25 +95,19 @@ pub async fn measure(target: &Target, seconds: f64, concurrency: usize, tag: &st
     let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| format!("the access token: {e}"))?;
     let url = format!("{}/v1/projects/{}/messages:send", target.base, account.project_id);
     let uri: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let post = move |body: Vec<u8>| {
-        let mut headers = HeaderMap::with_capacity(3);
-        headers.insert(AUTHORIZATION, bearer.clone());
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        (Method::POST, uri.clone(), headers, bytes::Bytes::from(body))
-    };
+    let mut headers = HeaderMap::with_capacity(3);
+    headers.insert(AUTHORIZATION, bearer);
 
     // One request first, to open the connection and see that it works.
     let probe = serde_json::to_vec(&message("lt-token-raw", &format!("{tag} r probe"), "raw-probe")).expect("JSON");
-    let (method, uri, headers, body) = post(probe);
-    let answer = sends.send(method, uri, headers, body).await.map_err(|e| format!("POST {url}: {e}"))?;
+    let answer = sends.post_json(uri.clone(), headers.clone(), probe.into()).await;
+    let answer = answer.map_err(|e| format!("POST {url}: {e}"))?;
     if !(200..300).contains(&answer.status) {
         return Err(format!("POST {url}: answered {}", answer.status));
     }
     let scheme = if target.base.starts_with("https") { "over TLS" } else { "plain (h2c)" };
     let transport = format!("HTTP/2 {scheme}, {} connections", http2::CONNECTIONS);
 
-    let post = Arc::new(post);
     let next = Arc::new(AtomicU64::new(0));
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -121,16 +115,15 @@ pub async fn measure(target: &Target, seconds: f64, concurrency: usize, tag: &st
     let deadline = started + Duration::from_secs_f64(seconds);
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let (sends, post, tag) = (sends.clone(), post.clone(), tag.to_string());
+        let (sends, uri, headers, tag) = (sends.clone(), uri.clone(), headers.clone(), tag.to_string());
         let (next, ok, errors) = (next.clone(), ok.clone(), errors.clone());
         workers.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let body = serde_json::to_vec(&message("lt-token-raw", &format!("{tag} r {n}"), &format!("raw-{n}")))
                     .expect("a JSON value serializes");
-                let (method, uri, headers, body) = post(body);
-                let answered =
-                    matches!(sends.send(method, uri, headers, body).await, Ok(a) if (200..300).contains(&a.status));
+                let sent = sends.post_json(uri.clone(), headers.clone(), body.into()).await;
+                let answered = matches!(sent, Ok(a) if (200..300).contains(&a.status));
                 // Only answers within the window count, so the rate is over exactly the measured seconds.
                 if Instant::now() <= deadline {
                     let counter = if answered { &ok } else { &errors };

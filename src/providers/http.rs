@@ -1,6 +1,6 @@
-//! What the HTTP provider clients share: the pooled `reqwest` client and the HTTP/2 clients' settings, `Retry-After` parsing, status-code
-//! fallbacks, percent-encoding of path and query pieces, and error descriptions that never carry a URL (URLs can
-//! hold device tokens).
+//! What the HTTP provider clients share: the pooled `reqwest` client and the HTTP/2 clients' settings,
+//! `Retry-After` parsing, status-code fallbacks, percent-encoding of path and query pieces, and error
+//! descriptions that never carry a URL (URLs can hold device tokens).
 
 use std::error::Error as _;
 use std::time::Duration;

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
-use http::{HeaderMap, Method, Request, Uri};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use parking_lot::Mutex;
 use rustls::ClientConfig;
 use rustls_pki_types::pem::PemObject;
@@ -100,49 +101,48 @@ impl Http2Client {
         Ok(Http2Client { inner: Arc::new(inner) })
     }
 
-    /// Sends one request of `method` to `uri` (absolute, on this client's origin) and reads the whole answer;
-    /// an error is a transport failure described without the URL.
-    pub async fn send(&self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Result<Answer, String> {
-        match tokio::time::timeout(self.inner.timeout, self.exchange(method, uri, headers, body)).await {
+    /// POSTs the JSON `body` to `uri` (absolute, on this client's origin) with `headers` and this client's
+    /// `content-type` and `content-length`, and reads the whole answer; an error is a transport failure described
+    /// without the URL.
+    pub async fn post_json(&self, uri: Uri, mut headers: HeaderMap, body: Bytes) -> Result<Answer, String> {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let mut request = Request::new(());
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        match tokio::time::timeout(self.inner.timeout, self.exchange(request, body)).await {
             Ok(answer) => answer,
             Err(_) => Err("timed out".to_string()),
         }
     }
 
     /// Connections opened so far (a reconnect counts again).
-    pub fn connections_opened(&self) -> u64 {
+    #[cfg(test)]
+    fn connections_opened(&self) -> u64 {
         self.inner.opened.load(Ordering::Relaxed)
     }
 
-    async fn exchange(&self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Result<Answer, String> {
-        let mut request = Request::new(());
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
+    async fn exchange(&self, request: Request<()>, body: Bytes) -> Result<Answer, String> {
         // A request the server refused unprocessed (a GOAWAY that excludes its stream, REFUSED_STREAM: RFC 9113
         // §8.7) goes once more, on a fresh connection if need be. Any other failure may have been processed.
         // The refusing connection is given up, so the second try opens another unless one was opened meanwhile.
         let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
         let again = clone_request(&request);
         match self.exchange_once(index, request, body.clone()).await {
-            Err((Failure::Unprocessed(e), Some(connection))) => {
-                tracing::debug!(provider = self.inner.provider, error = %e, "http/2 request refused unprocessed; resent");
+            Err(Failure::Unprocessed { connection, message }) => {
+                tracing::debug!(provider = self.inner.provider, error = %message, "http/2 request refused unprocessed; resent");
                 self.inner.slots[index].forget(connection);
-                self.exchange_once(index, again, body).await.map_err(|(failure, _)| failure.into_message())
+                self.exchange_once(index, again, body).await.map_err(Failure::into_message)
             }
-            answer => answer.map_err(|(failure, _)| failure.into_message()),
+            answer => answer.map_err(Failure::into_message),
         }
     }
 
-    /// One exchange on slot `index`; a failure comes with the connection it happened on, if one was reached.
-    async fn exchange_once(
-        &self,
-        index: usize,
-        request: Request<()>,
-        body: Bytes,
-    ) -> Result<Answer, (Failure, Option<u64>)> {
-        let Live { id, send: mut sender } = self.ready(index).await.map_err(|e| (Failure::Other(e), None))?;
-        let failed = |e: h2::Error| (Failure::from(e), Some(id));
+    /// One exchange on slot `index`.
+    async fn exchange_once(&self, index: usize, request: Request<()>, body: Bytes) -> Result<Answer, Failure> {
+        let Live { id, send: mut sender } = self.ready(index).await.map_err(Failure::Other)?;
+        let failed = |e: h2::Error| Failure::on(id, &e);
         let (answer, mut stream) = sender.send_request(request, body.is_empty()).map_err(failed)?;
         if !body.is_empty() {
             // Buffered by h2 until the peer's flow-control window lets it go.
@@ -152,7 +152,7 @@ impl Http2Client {
         let mut body = Bytes::new();
         let mut more: Option<BytesMut> = None;
         while let Some(chunk) = received.data().await {
-            let chunk = chunk.map_err(|e| (Failure::Other(describe(&e)), Some(id)))?;
+            let chunk = chunk.map_err(|e| Failure::Other(describe(&e)))?;
             let _ = received.flow_control().release_capacity(chunk.len());
             // Most answers are one DATA frame: keep it as it came; copy only when there are more.
             if body.is_empty() && more.is_none() {
@@ -285,24 +285,25 @@ fn tls_connector(
     Ok((TlsConnector::from(Arc::new(config)), name))
 }
 
-/// Why an exchange failed: refused before the server processed it (safe to send again), or anything else.
+/// Why an exchange failed: refused on `connection` before the server processed it (safe to send again), or
+/// anything else.
 enum Failure {
-    Unprocessed(String),
+    Unprocessed { connection: u64, message: String },
     Other(String),
 }
 
-impl From<h2::Error> for Failure {
-    fn from(error: h2::Error) -> Failure {
+impl Failure {
+    /// An h2 error on connection `connection`.
+    fn on(connection: u64, error: &h2::Error) -> Failure {
+        let message = describe(error);
         let unprocessed =
             (error.is_go_away() && error.is_remote()) || error.reason() == Some(h2::Reason::REFUSED_STREAM);
-        if unprocessed { Failure::Unprocessed(describe(&error)) } else { Failure::Other(describe(&error)) }
+        if unprocessed { Failure::Unprocessed { connection, message } } else { Failure::Other(message) }
     }
-}
 
-impl Failure {
     fn into_message(self) -> String {
         match self {
-            Failure::Unprocessed(message) | Failure::Other(message) => message,
+            Failure::Unprocessed { message, .. } | Failure::Other(message) => message,
         }
     }
 }
@@ -340,10 +341,8 @@ mod tests {
     }
 
     async fn post(client: &Http2Client, base: &str, path: &str, body: &'static str) -> Result<Answer, String> {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
         let uri: Uri = format!("{base}{path}").parse().unwrap();
-        client.send(Method::POST, uri, headers, Bytes::from_static(body.as_bytes())).await
+        client.post_json(uri, HeaderMap::new(), Bytes::from_static(body.as_bytes())).await
     }
 
     #[tokio::test]

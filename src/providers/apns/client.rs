@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
-use ::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use ::http::header::AUTHORIZATION;
+use ::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -55,12 +55,10 @@ impl ApnsClient {
         headers.insert(APNS_PRIORITY, HeaderValue::from_static(notification.priority));
         // The engine carries no per-message expiry yet: 0 asks APNs to try once and not store it.
         headers.insert(APNS_EXPIRATION, HeaderValue::from_static("0"));
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(notification.payload.len()));
         if let Some(id) = &notification.apns_id {
             headers.insert(APNS_ID, id.clone());
         }
-        let sent = self.sends.send(Method::POST, notification.uri.clone(), headers, notification.payload.clone()).await;
+        let sent = self.sends.post_json(notification.uri.clone(), headers, notification.payload.clone()).await;
         let answer = match sent {
             Ok(answer) => answer,
             Err(message) => return Err((ApnsError::Transport, message, None)),

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
-use ::http::{HeaderMap, HeaderValue, Method, Uri};
+use ::http::header::AUTHORIZATION;
+use ::http::{HeaderMap, HeaderValue, Uri};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -70,9 +70,7 @@ impl FcmClient {
     async fn post(&self, authorization: HeaderValue, body: Bytes) -> Result<Accepted, Refusal> {
         let mut headers = HeaderMap::with_capacity(3);
         headers.insert(AUTHORIZATION, authorization);
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let answer = match self.sends.send(Method::POST, self.uri.clone(), headers, body).await {
+        let answer = match self.sends.post_json(self.uri.clone(), headers, body).await {
             Ok(answer) => answer,
             Err(message) => return Err((FcmError::Transport, message, None)),
         };
