@@ -357,6 +357,8 @@ fn compaction_moves_the_live_frames_of_a_mostly_dead_segment_and_keeps_the_rest(
     }
     let before = state.segments.usage();
     assert!(before.len() > 3, "{before:?}");
+    // A first look: every segment lost frames just now, so none is a candidate until a look in which it did not.
+    assert_eq!(state.segments.compaction_candidate().map(|(n, _)| n), None, "all still dying");
     let state = parking_lot::RwLock::new(state);
     let mut compacted = 0;
     let mut buffer = Vec::new();
@@ -374,6 +376,30 @@ fn compaction_moves_the_live_frames_of_a_mostly_dead_segment_and_keeps_the_rest(
     assert_eq!((state.index.notifications.len(), state.index.users.len(), state.index.max_seq), (2, 1, 8));
     let loc = state.index.notifications[&Key::new("n2")].loc().unwrap();
     assert!(matches!(state.segments.read(loc).unwrap(), Op::Notification { open: false, .. }));
+}
+
+#[test]
+fn a_segment_still_dying_fast_is_compacted_only_once_it_stops() {
+    let (_dir, mut state) = fresh_state();
+    state.segments.set_max_bytes(1024);
+    let now = Timestamp::now();
+    let put = |i: u64, status| Write::PutNotification(notification(&format!("n{i}"), i, status));
+    commit_at(&mut state, (0..100).map(|i| put(i, NotificationStatus::Accepted)).collect(), now);
+    state.segments.roll_if_full().unwrap();
+    let sealed = state.segments.usage()[0].0;
+    assert_eq!(state.segments.usage().len(), 2, "one sealed segment and the newest");
+    assert_eq!(state.segments.compaction_candidate().map(|(n, _)| n), None, "all live");
+
+    // Most of it dies at once: it is a candidate by its live share, but it is still dying.
+    commit_at(&mut state, (0..80).map(|i| put(i, NotificationStatus::Completed)).collect(), now);
+    let (_, len, live) = state.segments.usage()[0];
+    assert!(live * 2 < len, "mostly dead: {live} of {len}");
+    assert_eq!(state.segments.compaction_candidate().map(|(n, _)| n), None, "still dying");
+    // A look later, with nothing more died, it is compacted.
+    assert_eq!(state.segments.compaction_candidate().map(|(n, _)| n), Some(sealed));
+    // A trickle (under 1/32 of its length per look) does not hold it back.
+    commit_at(&mut state, vec![put(80, NotificationStatus::Completed)], now);
+    assert_eq!(state.segments.compaction_candidate().map(|(n, _)| n), Some(sealed), "one frame of 100 died");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
