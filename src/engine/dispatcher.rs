@@ -33,7 +33,7 @@ use crate::hash::HashMap;
 use crate::providers::{ErrorClass, Provider, ProviderError, SendRequest};
 use crate::telemetry::Telemetry;
 
-use super::shard::{SendOutcome, ShardMsg};
+use super::shard::{SendOutcome, ShardLink};
 
 /// Hand-off states of a job, shared between the shard (which may cancel) and the dispatcher (which hands off).
 pub const QUEUED: u8 = 0;
@@ -55,7 +55,7 @@ pub struct DeliveryJob {
     /// [`QUEUED`], [`HANDED_OFF`] or [`CANCELLED`].
     pub handoff: Arc<AtomicU8>,
     /// The shard that owns the delivery and records its outcome.
-    pub shard: ActorRef<ShardMsg>,
+    pub shard: Arc<ShardLink>,
     /// The notification's `expires_at`: a job still queued (or waiting for a retry) then is failed at its
     /// hand-off instead of sent.
     pub expires_at: Option<Timestamp>,
@@ -87,12 +87,20 @@ impl DeliveryJob {
     }
 }
 
+/// A slot to free: the job of this delivery's owner has its outcome recorded; `retry` puts it back after the
+/// delay.
+pub struct Release {
+    /// Any version of the delivery's record: only the owner is read.
+    pub delivery: Arc<Delivery>,
+    pub retry: Option<(Duration, DeliveryJob)>,
+}
+
 /// Messages of a dispatcher.
 pub enum DispatcherMsg {
     /// A new job, in acceptance order.
     Dispatch(DeliveryJob),
-    /// The job of this delivery's owner has its outcome recorded; `retry` puts it back after the delay.
-    Release { delivery: Arc<Delivery>, retry: Option<(Duration, DeliveryJob)> },
+    /// Outcomes recorded by one shard commit, in order.
+    Release(Vec<Release>),
     /// A retry's backoff is over.
     RetryDue(DeliveryJob),
     /// The token bucket has tokens again.
@@ -161,9 +169,9 @@ impl DispatcherHandle {
         }
     }
 
-    /// Frees the slot of `delivery`'s job (any version of its record: only the owner is read).
-    pub fn release(&self, delivery: Arc<Delivery>, retry: Option<(Duration, DeliveryJob)>) {
-        let _ = self.actor.cast(DispatcherMsg::Release { delivery, retry });
+    /// Frees the slots of jobs whose outcomes are recorded.
+    pub fn release_all(&self, releases: Vec<Release>) {
+        let _ = self.actor.cast(DispatcherMsg::Release(releases));
     }
 
     /// Jobs queued that a new job of `priority` would wait behind (admission compares it with `capacity`).
@@ -249,7 +257,11 @@ impl Actor for Dispatcher {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             DispatcherMsg::Dispatch(job) => state.enqueue(job, false),
-            DispatcherMsg::Release { delivery, retry } => state.release(&myself, &delivery.owner, retry),
+            DispatcherMsg::Release(releases) => {
+                for Release { delivery, retry } in releases {
+                    state.release(&myself, &delivery.owner, retry);
+                }
+            }
             DispatcherMsg::RetryDue(job) => {
                 state.queued.add(job.priority());
                 state.enqueue(job, true);
@@ -402,9 +414,7 @@ impl DispatcherState {
             let expired =
                 ProviderError::new(kind, ErrorClass::Permanent, "expired", "expires_at passed before the send");
             let shard = job.shard.clone();
-            if let Err(e) = shard.cast(ShardMsg::Outcome(Box::new(SendOutcome { job, result: Err(expired) }))) {
-                tracing::error!(error = %e, "shard is gone; outcome left for restart recovery");
-            }
+            shard.outcome(SendOutcome { job, result: Err(expired) });
             return;
         }
         let provider = self.provider.clone();
@@ -430,9 +440,7 @@ impl DispatcherState {
                 _ => {}
             }
             let shard = job.shard.clone();
-            if let Err(e) = shard.cast(ShardMsg::Outcome(Box::new(SendOutcome { job, result }))) {
-                tracing::error!(error = %e, "shard is gone; outcome left for restart recovery");
-            }
+            shard.outcome(SendOutcome { job, result });
         });
     }
 }

@@ -3,18 +3,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use ractor::ActorRef;
 
-use crate::domain::{Channel, DeliveryStatus, EventKind, Notification, NotificationStatus, User};
+use crate::domain::{Channel, DeliveryStatus, EventKind, Notification, NotificationStatus, ProviderKind, User};
 use crate::providers::{Accepted, ErrorClass, Report, ReportOutcome};
 use crate::store::{StoredNotification, Write};
 use crate::telemetry::Outcome;
 
 use super::super::EngineError;
-use super::super::dispatcher::{CANCELLED, DeliveryJob, QUEUED};
+use super::super::dispatcher::{CANCELLED, DeliveryJob, QUEUED, Release};
 use super::super::outcome::classify;
 use super::super::plan::{self, Settle};
 use super::super::request::{AcceptReply, Claim, NewNotification};
@@ -162,7 +162,7 @@ impl ShardState {
                 crate::domain::Strategy::Priority => vec![open.notification.channels[0]],
             };
             for channel in channels {
-                plan_step(open, &self.users, channel, now, &self.ctx, me, writes, &mut jobs);
+                plan_step(open, &self.users, channel, now, &self.ctx, &self.link, writes, &mut jobs);
             }
         }
         loop {
@@ -172,7 +172,7 @@ impl ShardState {
                     open.notification_mut().current_channel = next;
                     changed = true;
                     let channel = open.notification.channels[next];
-                    plan_step(open, &self.users, channel, now, &self.ctx, me, writes, &mut jobs);
+                    plan_step(open, &self.users, channel, now, &self.ctx, &self.link, writes, &mut jobs);
                 }
                 Settle::Done(status) => {
                     open.notification_mut().status = status;
@@ -195,15 +195,53 @@ impl ShardState {
         jobs
     }
 
-    pub(super) fn on_outcome(&mut self, me: &ActorRef<ShardMsg>, outcome: SendOutcome) {
+    /// Records every provider answer queued in the shard's link, in arrival order, as one commit. Once it is
+    /// durable the callback releases their dispatcher slots (one message per dispatcher) and dispatches the
+    /// jobs they led to (a `priority` chain's next channel, a sequence's next step).
+    pub(super) fn on_outcomes(&mut self, me: &ActorRef<ShardMsg>) {
+        let mut outcomes = std::mem::take(&mut self.outcomes);
+        std::mem::swap(&mut *self.link.outcomes.lock(), &mut outcomes);
+        let mut writes = Vec::with_capacity(2 * outcomes.len());
+        let mut released = Released::default();
+        let mut jobs = Vec::new();
+        for outcome in outcomes.drain(..) {
+            self.on_outcome(me, outcome, &mut writes, &mut released, &mut jobs);
+        }
+        self.outcomes = outcomes;
+        if released.is_empty() && jobs.is_empty() && writes.is_empty() {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        // Slots are released only once the outcomes are durable: that is what bounds duplicates after a crash.
+        self.ctx.submit(
+            writes,
+            Box::new(move |result| {
+                if let Err(e) = &result {
+                    ctx.telemetry.store_error(e);
+                }
+                for (provider, releases) in released.by_provider {
+                    ctx.dispatcher(provider).release_all(releases);
+                }
+                ctx.dispatch_all(jobs);
+            }),
+        );
+    }
+
+    /// Records one provider answer: its writes, the slot to release, the jobs it leads to.
+    fn on_outcome(
+        &mut self,
+        me: &ActorRef<ShardMsg>,
+        outcome: SendOutcome,
+        writes: &mut Vec<Write>,
+        released: &mut Released,
+        jobs: &mut Vec<DeliveryJob>,
+    ) {
         let SendOutcome { job, result } = outcome;
         let DeliveryJob { delivery: sent, content, attempt, accepted_at, handoff, shard, expires_at } = job;
         let provider = sent.provider;
-        let dispatcher = self.ctx.dispatcher(provider).clone();
         let notification_id = sent.notification_id.clone();
-        let mut writes = Vec::with_capacity(2);
         let mut retry = None;
-        let released = match self.open.get_mut(&notification_id).and_then(|o| Some((o.delivery_index(&sent.id)?, o))) {
+        let release = match self.open.get_mut(&notification_id).and_then(|o| Some((o.delivery_index(&sent.id)?, o))) {
             None => sent,
             Some((index, open)) => {
                 // The job lets go of the record first, so recording the outcome changes it in place.
@@ -263,19 +301,8 @@ impl ShardState {
                 delivery
             }
         };
-        let jobs = self.progress(me, &notification_id, false, &mut writes);
-        let ctx = self.ctx.clone();
-        // The slot is released only once the outcome is durable: that is what bounds duplicates after a crash.
-        self.ctx.submit(
-            writes,
-            Box::new(move |result| {
-                if let Err(e) = &result {
-                    ctx.telemetry.store_error(e);
-                }
-                dispatcher.release(released, retry);
-                ctx.dispatch_all(jobs);
-            }),
-        );
+        released.add(provider, release, retry);
+        jobs.extend(self.progress(me, &notification_id, false, writes));
     }
 
     pub(super) fn on_report(&mut self, me: &ActorRef<ShardMsg>, report: Report, notification_id: &str) {
@@ -398,7 +425,7 @@ impl ShardState {
         // Reopened: its old final status no longer counts for its campaign (it counts again when it ends).
         count_campaign_final(&open.notification, -1, &mut writes);
         open.notification_mut().status = NotificationStatus::Dispatching;
-        let mut jobs = vec![job_for(open, index, me)];
+        let mut jobs = vec![job_for(open, index, &self.link)];
         jobs.extend(self.progress(me, &id, true, &mut writes));
         let ctx = self.ctx.clone();
         self.ctx.submit(
@@ -423,6 +450,34 @@ pub(super) enum AfterAccept {
 
 /// Marks `open` cancelled and cancels its deliveries that no dispatcher has taken yet (those in flight finish,
 /// and their outcome or report is still recorded).
+/// The dispatcher slots a batch of outcomes releases, by provider (a batch usually has one).
+#[derive(Default)]
+struct Released {
+    by_provider: Vec<(ProviderKind, Vec<Release>)>,
+}
+
+impl Released {
+    fn add(
+        &mut self,
+        provider: ProviderKind,
+        delivery: Arc<crate::domain::Delivery>,
+        retry: Option<(Duration, DeliveryJob)>,
+    ) {
+        let at = match self.by_provider.iter().position(|(p, _)| *p == provider) {
+            Some(at) => at,
+            None => {
+                self.by_provider.push((provider, Vec::new()));
+                self.by_provider.len() - 1
+            }
+        };
+        self.by_provider[at].1.push(Release { delivery, retry });
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_provider.is_empty()
+    }
+}
+
 pub(super) fn cancel_unhanded(open: &mut Open, now: Timestamp, writes: &mut Vec<Write>) {
     open.cancelled = true;
     for index in 0..open.deliveries.len() {
