@@ -64,6 +64,7 @@ impl Spawned {
         let herald_url = format!("http://127.0.0.1:{herald_port}");
 
         let sandbox_log = out.join("sandbox.log");
+        let (sandbox_out, sandbox_err) = log_files(&sandbox_log)?;
         let sandbox = Command::new(&binary)
             .arg("sandbox")
             .arg("--config-dir")
@@ -75,8 +76,8 @@ impl Spawned {
             .arg(format!("{herald_url}/webhooks/alimtalk"))
             .env("RUST_LOG", child_log_filter())
             .stdin(Stdio::null())
-            .stdout(log_file(&sandbox_log)?)
-            .stderr(log_file(&sandbox_log)?)
+            .stdout(sandbox_out)
+            .stderr(sandbox_err)
             .spawn()
             .map_err(|e| format!("starting {} sandbox: {e}", binary.display()))?;
         // From here on, dropping `spawned` kills what was started.
@@ -95,6 +96,7 @@ impl Spawned {
         spawned.sandbox_tls_url = format!("https://{tls}");
 
         let herald_log = out.join("herald.log");
+        let (herald_out, herald_err) = log_files(&herald_log)?;
         let mut serve = Command::new(&binary);
         serve
             .arg("serve")
@@ -126,8 +128,8 @@ impl Spawned {
         let herald = spawned.herald.insert(
             serve
                 .stdin(Stdio::null())
-                .stdout(log_file(&herald_log)?)
-                .stderr(log_file(&herald_log)?)
+                .stdout(herald_out)
+                .stderr(herald_err)
                 .spawn()
                 .map_err(|e| format!("starting {} serve: {e}", binary.display()))?,
         );
@@ -194,8 +196,13 @@ fn free_port() -> Result<u16, String> {
     listener.local_addr().map(|a| a.port()).map_err(|e| format!("finding a free port: {e}"))
 }
 
-fn log_file(path: &Path) -> Result<File, String> {
-    File::options().create(true).append(true).open(path).map_err(|e| format!("opening {}: {e}", path.display()))
+/// A child's log as its stdout and stderr (both appending), emptied first: `wait_for_line` must not find a line
+/// an earlier run left in a reused `--out` (it pointed Herald at that run's sandbox, long gone).
+fn log_files(path: &Path) -> Result<(Stdio, Stdio), String> {
+    let open = || File::options().append(true).open(path);
+    let files = File::create(path).and_then(|_| Ok((open()?, open()?)));
+    let (stdout, stderr) = files.map_err(|e| format!("opening {}: {e}", path.display()))?;
+    Ok((stdout.into(), stderr.into()))
 }
 
 /// Waits for a line starting with `prefix` in a child's log; fails with the log's end if the child exits first.
