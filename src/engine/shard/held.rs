@@ -3,11 +3,12 @@
 //! A midnight spike can bring more sends due than the providers take. Fired at once, every one of them would
 //! become a delivery record and a queued job in a dispatcher: memory, and a store and shard mailbox busy with
 //! work that cannot go out yet, in front of live traffic. So a due send fires only while every dispatcher it
-//! needs holds fewer than `scheduling.fire_ahead` (4,096) jobs that the send would wait behind, and fewer than
+//! needs holds fewer than `scheduling.fire_ahead` (512) jobs that the send would wait behind, and fewer than
 //! half its `engine.queue_capacity` (the share `low` admission gets). The short window matters: fired seconds
 //! ahead of their turn (up to 100,000 jobs queued, with half the capacity as the only bound), a spike's sends
 //! reached the provider with their shard, index and dispatcher state gone cold, and an overloaded spike
-//! delivered ~20% fewer per second for the same CPU (`docs/performance.md`, session 9). Otherwise it stays
+//! delivered ~20% fewer per second for the same CPU (`docs/performance.md`, session 9); 512 instead of 4,096
+//! gave another ~15% (session 10). Otherwise it stays
 //! `scheduled` and waits here, in due order, in the queue of the
 //! first provider that had no room, and the shard looks again every [`RETRY`]. Jobs fired and not yet
 //! committed are counted as queued from the moment they are planned ([`DispatcherHandle::reserve`]), so one
