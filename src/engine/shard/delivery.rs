@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use ractor::ActorRef;
 
-use crate::domain::{Channel, DeliveryStatus, EventKind, Notification, NotificationStatus, ProviderKind, User};
+use crate::domain::{
+    Channel, Delivery, DeliveryStatus, EventKind, Notification, NotificationStatus, ProviderKind, User,
+};
 use crate::providers::{Accepted, ErrorClass, Report, ReportOutcome};
 use crate::store::{StoredNotification, Write};
 use crate::telemetry::Outcome;
@@ -201,6 +203,10 @@ impl ShardState {
     pub(super) fn on_outcomes(&mut self, me: &ActorRef<ShardMsg>) {
         let mut outcomes = std::mem::take(&mut self.outcomes);
         std::mem::swap(&mut *self.link.outcomes.lock(), &mut outcomes);
+        if outcomes.is_empty() {
+            self.outcomes = outcomes;
+            return;
+        }
         let mut writes = Vec::with_capacity(2 * outcomes.len());
         let mut released = Released::default();
         let mut jobs = Vec::new();
@@ -208,9 +214,6 @@ impl ShardState {
             self.on_outcome(me, outcome, &mut writes, &mut released, &mut jobs);
         }
         self.outcomes = outcomes;
-        if released.is_empty() && jobs.is_empty() && writes.is_empty() {
-            return;
-        }
         let ctx = self.ctx.clone();
         // Slots are released only once the outcomes are durable: that is what bounds duplicates after a crash.
         self.ctx.submit(
@@ -448,8 +451,6 @@ pub(super) enum AfterAccept {
     Scheduled { due_ms: i64 },
 }
 
-/// Marks `open` cancelled and cancels its deliveries that no dispatcher has taken yet (those in flight finish,
-/// and their outcome or report is still recorded).
 /// The dispatcher slots a batch of outcomes releases, by provider (a batch usually has one).
 #[derive(Default)]
 struct Released {
@@ -457,12 +458,7 @@ struct Released {
 }
 
 impl Released {
-    fn add(
-        &mut self,
-        provider: ProviderKind,
-        delivery: Arc<crate::domain::Delivery>,
-        retry: Option<(Duration, DeliveryJob)>,
-    ) {
+    fn add(&mut self, provider: ProviderKind, delivery: Arc<Delivery>, retry: Option<(Duration, DeliveryJob)>) {
         let at = match self.by_provider.iter().position(|(p, _)| *p == provider) {
             Some(at) => at,
             None => {
@@ -472,12 +468,10 @@ impl Released {
         };
         self.by_provider[at].1.push(Release { delivery, retry });
     }
-
-    fn is_empty(&self) -> bool {
-        self.by_provider.is_empty()
-    }
 }
 
+/// Marks `open` cancelled and cancels its deliveries that no dispatcher has taken yet (those in flight finish,
+/// and their outcome or report is still recorded).
 pub(super) fn cancel_unhanded(open: &mut Open, now: Timestamp, writes: &mut Vec<Write>) {
     open.cancelled = true;
     for index in 0..open.deliveries.len() {

@@ -8,9 +8,8 @@
 //! ahead of their turn (up to 100,000 jobs queued, with half the capacity as the only bound), a spike's sends
 //! reached the provider with their shard, index and dispatcher state gone cold, and an overloaded spike
 //! delivered ~20% fewer per second for the same CPU (`docs/performance.md`, session 9); 512 instead of 4,096
-//! gave another ~15% (session 10). Otherwise it stays
-//! `scheduled` and waits here, in due order, in the queue of the
-//! first provider that had no room, and the shard looks again every [`RETRY`]. Jobs fired and not yet
+//! gave another ~15% (session 10). Otherwise it stays `scheduled` and waits here, in due order, in the queue of
+//! the first provider that had no room, and the shard looks again every [`RETRY`]. Jobs fired and not yet
 //! committed are counted as queued from the moment they are planned ([`DispatcherHandle::reserve`]), so one
 //! pass cannot overshoot. Nothing here is durable: after a restart the loader reads the sends again, still
 //! `scheduled`, from the store.
