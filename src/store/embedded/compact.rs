@@ -4,6 +4,8 @@
 //! readers never wait long for the lock; only the checkpointer changes the state, so nothing moves between
 //! chunks.
 
+use std::time::Instant;
+
 use parking_lot::RwLock;
 
 use super::apply::State;
@@ -24,7 +26,7 @@ pub struct Compacted {
 }
 
 /// Compacts the sealed segment with the smallest live share if less than half of it is live and it is not still
-/// dying fast ([`super::segments::Segments::compaction_candidate`]): its live frames
+/// dying ([`super::segments::Segments::compaction_candidate`]): its live frames
 /// are written to the newest segment with a mark for log LSN `lsn`, which the caller must sync before `remove`
 /// deletes the old one. Returns None when no segment needs it. On a failed write the frames not written stay
 /// pending, for the caller to retry.
@@ -33,7 +35,7 @@ pub struct Compacted {
 /// sync, and a fresh 64 MiB buffer each time cost more (zeroing, page faults) than reading into it. When no
 /// segment needs compacting the buffer is released.
 pub fn copy_live(state: &RwLock<State>, lsn: u64, buffer: &mut Vec<u8>) -> Result<Option<Compacted>, StoreError> {
-    let Some((number, file)) = state.write().segments.compaction_candidate() else {
+    let Some((number, file)) = state.write().segments.compaction_candidate(Instant::now()) else {
         *buffer = Vec::new();
         return Ok(None);
     };

@@ -18,6 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::encode::Op;
 use super::index::{Index, Loc};
@@ -29,9 +30,9 @@ pub const DIR_NAME: &str = "records";
 const MAGIC: &[u8; 8] = b"HRLDSEG1";
 /// A segment is sealed once it holds this much; the next checkpoint starts a new one.
 pub const SEGMENT_MAX_BYTES: u64 = 64 << 20;
-/// A segment that lost more than 1/DYING of its length between two looks for a compaction candidate (one per
-/// sync, at most every 500 ms) is still dying: at that pace it is empty within seconds.
-const DYING: u64 = 32;
+/// A segment whose live bytes, at the pace they died since the previous look for a compaction candidate, would
+/// all be gone within this long is still dying: compacting it now would copy frames about to die.
+const DYING_WITHIN: Duration = Duration::from_secs(120);
 const HEADER_BYTES: usize = 8;
 /// The body tag of a checkpoint mark (op tags are small numbers).
 const CHECKPOINT: u8 = 0xF0;
@@ -56,6 +57,8 @@ pub struct Segments {
     files: BTreeMap<u32, Segment>,
     active: u32,
     pending: Vec<u8>,
+    /// When compaction last looked for a candidate: the pace of `died` is measured from it.
+    last_look: Option<Instant>,
 }
 
 /// What the scan at start found in the last complete checkpoint.
@@ -95,6 +98,7 @@ impl Segments {
             files: BTreeMap::new(),
             active: 0,
             pending: Vec::new(),
+            last_look: None,
         };
         let numbers = list(dir)?;
         let mut scanned = Scanned::default();
@@ -250,18 +254,25 @@ impl Segments {
     }
 
     /// The sealed segment with the smallest share of live bytes, if less than half of it is live and it is not
-    /// still dying fast: one that lost more than [`DYING`] of its length since the previous call waits, because
-    /// compacting it now would copy frames about to die (a spike's scheduled records die within seconds of each
-    /// other; compacting them at half live, then their copies at half live, cost ~8% of the spike's CPU).
-    pub fn compaction_candidate(&mut self) -> Option<(u32, Arc<File>)> {
+    /// still dying: one whose live bytes would all be gone within [`DYING_WITHIN`] at the pace they died since
+    /// the previous call (`now` is the time of this one) waits, because compacting it now would copy frames about
+    /// to die. A spike's scheduled records die over its minute; compacting their segments at half live, then the
+    /// copies at half live, was ~5–8% of a 30,000/s spike's CPU. Once the deaths stop (what is left lives on) or
+    /// slow to a trickle, it is compacted.
+    pub fn compaction_candidate(&mut self, now: Instant) -> Option<(u32, Arc<File>)> {
         let active = self.active;
+        let since = self.last_look.map_or(Duration::ZERO, |last| now.saturating_duration_since(last));
+        let dying = |s: &Segment| {
+            s.died > 0 && u128::from(s.live) * since.as_millis() < u128::from(s.died) * DYING_WITHIN.as_millis()
+        };
         let candidate = self
             .files
             .iter()
-            .filter(|(number, s)| **number != active && s.live * 2 < s.len && s.died * DYING <= s.len)
+            .filter(|(number, s)| **number != active && s.live * 2 < s.len && !dying(s))
             .min_by_key(|(_, s)| (s.live * 1000).checked_div(s.len).unwrap_or(0))
             .map(|(number, s)| (*number, s.file.clone()));
         self.files.values_mut().for_each(|s| s.died = 0);
+        self.last_look = Some(now);
         candidate
     }
 

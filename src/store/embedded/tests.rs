@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -358,7 +359,7 @@ fn compaction_moves_the_live_frames_of_a_mostly_dead_segment_and_keeps_the_rest(
     let before = state.segments.usage();
     assert!(before.len() > 3, "{before:?}");
     // A first look: every segment lost frames just now, so none is a candidate until a look in which it did not.
-    assert_eq!(state.segments.compaction_candidate().map(|(n, _)| n), None, "all still dying");
+    assert_eq!(state.segments.compaction_candidate(Instant::now()).map(|(n, _)| n), None, "all still dying");
     let state = parking_lot::RwLock::new(state);
     let mut compacted = 0;
     let mut buffer = Vec::new();
@@ -379,7 +380,7 @@ fn compaction_moves_the_live_frames_of_a_mostly_dead_segment_and_keeps_the_rest(
 }
 
 #[test]
-fn a_segment_still_dying_fast_is_compacted_only_once_it_stops() {
+fn a_segment_still_dying_is_compacted_only_once_its_deaths_stop_or_slow() {
     let (_dir, mut state) = fresh_state();
     state.segments.set_max_bytes(1024);
     let now = Timestamp::now();
@@ -388,18 +389,23 @@ fn a_segment_still_dying_fast_is_compacted_only_once_it_stops() {
     state.segments.roll_if_full().unwrap();
     let sealed = state.segments.usage()[0].0;
     assert_eq!(state.segments.usage().len(), 2, "one sealed segment and the newest");
-    assert_eq!(state.segments.compaction_candidate().map(|(n, _)| n), None, "all live");
+    let t0 = Instant::now();
+    let look = |state: &mut State, at: Duration| state.segments.compaction_candidate(t0 + at).map(|(n, _)| n);
+    assert_eq!(look(&mut state, Duration::ZERO), None, "all live");
 
-    // Most of it dies at once: it is a candidate by its live share, but it is still dying.
+    // Most of it dies within half a second: it is a candidate by its live share, but still dying.
     commit_at(&mut state, (0..80).map(|i| put(i, NotificationStatus::Completed)).collect(), now);
     let (_, len, live) = state.segments.usage()[0];
     assert!(live * 2 < len, "mostly dead: {live} of {len}");
-    assert_eq!(state.segments.compaction_candidate().map(|(n, _)| n), None, "still dying");
-    // A look later, with nothing more died, it is compacted.
-    assert_eq!(state.segments.compaction_candidate().map(|(n, _)| n), Some(sealed));
-    // A trickle (under 1/32 of its length per look) does not hold it back.
+    assert_eq!(look(&mut state, Duration::from_millis(500)), None, "still dying");
+    // One of the 20 left dies in the next half second: at that pace the rest is gone in ten seconds.
     commit_at(&mut state, vec![put(80, NotificationStatus::Completed)], now);
-    assert_eq!(state.segments.compaction_candidate().map(|(n, _)| n), Some(sealed), "one frame of 100 died");
+    assert_eq!(look(&mut state, Duration::from_secs(1)), None, "dying at one frame per 500 ms");
+    // A look later, with nothing more died, it is compacted.
+    assert_eq!(look(&mut state, Duration::from_millis(1500)), Some(sealed));
+    // A trickle (one of 19 in ten minutes: all gone in over three hours) does not hold it back.
+    commit_at(&mut state, vec![put(81, NotificationStatus::Completed)], now);
+    assert_eq!(look(&mut state, Duration::from_secs(601)), Some(sealed), "one frame in ten minutes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
