@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::BuildError;
+use super::cork::Corked;
 
 /// Connections per client. More than one lets the two runtime workers each drive one; each carries up to the
 /// server's stream limit (APNs advertises 1,000, the sandbox 200 and queues beyond).
@@ -206,9 +207,9 @@ impl Http2Client {
                 if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
                     return Err("the server did not agree to HTTP/2 (ALPN h2)".to_string());
                 }
-                self.handshake(tls, index, id).await?
+                self.handshake(Corked::new(tls), index, id).await?
             }
-            None => self.handshake(tcp, index, id).await?,
+            None => self.handshake(Corked::new(tcp), index, id).await?,
         };
         let live = Live { id, send };
         *slot.live.lock() = Some(live.clone());
