@@ -38,6 +38,9 @@ pub const INTERVAL: Duration = Duration::from_millis(200);
 /// The newest segment is synced (and the log trimmed) at most this often; starting a new segment and compaction
 /// follow a sync.
 const SYNC_EVERY: Duration = Duration::from_millis(500);
+/// Ops applied per second (between two syncs) from which the store counts as busy: compaction then waits for
+/// dead bytes to pile up (`Segments::compaction_candidate`). A 30,000/s spike applies over 60,000.
+const BUSY_OPS_PER_S: u64 = 20_000;
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -69,6 +72,7 @@ pub fn run(state: Arc<RwLock<State>>, queue: Receiver<Msg>, wal_dir: PathBuf, pr
     let mut open = true;
     let mut trim_log = true;
     let mut last_sync = Instant::now();
+    let mut ops_since_sync = 0u64;
     let mut compaction_buffer = Vec::new();
     while open {
         let first = match queue.recv() {
@@ -93,6 +97,7 @@ pub fn run(state: Arc<RwLock<State>>, queue: Receiver<Msg>, wal_dir: PathBuf, pr
             }
         }
         let started = Instant::now();
+        ops_since_sync += ops as u64;
         let lsn = batch.last().expect("one record at least").lsn;
         // Written under the same hold of the lock as the index change: a reader never finds a frame that is not
         // in the file yet.
@@ -113,12 +118,13 @@ pub fn run(state: Arc<RwLock<State>>, queue: Receiver<Msg>, wal_dir: PathBuf, pr
         if open && last_sync.elapsed() < SYNC_EVERY {
             continue;
         }
-        last_sync = Instant::now();
+        let busy = ops_since_sync * 1000 > BUSY_OPS_PER_S * (last_sync.elapsed().as_millis() as u64).max(1);
+        (last_sync, ops_since_sync) = (Instant::now(), 0);
         trim_log &= sync(&state);
         if trim_log {
             trim(&wal_dir, lsn);
         }
-        if !maintain(&state, &progress, lsn, &mut trim_log, &mut compaction_buffer) {
+        if !maintain(&state, &progress, lsn, busy, &mut trim_log, &mut compaction_buffer) {
             return;
         }
     }
@@ -129,12 +135,20 @@ pub fn run(state: Arc<RwLock<State>>, queue: Receiver<Msg>, wal_dir: PathBuf, pr
 }
 
 /// After a sync: starts a new segment if the newest is full (its frames are synced), then compacts one segment
-/// if one needs it. Returns false if the store closed while a write was failing.
-fn maintain(state: &RwLock<State>, progress: &Progress, lsn: u64, synced: &mut bool, buffer: &mut Vec<u8>) -> bool {
+/// if one needs it (while `busy`, only if dead bytes piled up). Returns false if the store closed while a write
+/// was failing.
+fn maintain(
+    state: &RwLock<State>,
+    progress: &Progress,
+    lsn: u64,
+    busy: bool,
+    synced: &mut bool,
+    buffer: &mut Vec<u8>,
+) -> bool {
     if let Err(error) = state.write().segments.roll_if_full() {
         tracing::error!(%error, "cannot start a new record segment; the newest one grows on");
     }
-    let compacted = match compact::copy_live(state, lsn, buffer) {
+    let compacted = match compact::copy_live(state, lsn, busy, buffer) {
         Ok(Some(compacted)) => compacted,
         Ok(None) => return true,
         Err(error) => {

@@ -25,8 +25,8 @@ pub struct Compacted {
     pub moved_bytes: u64,
 }
 
-/// Compacts the sealed segment with the smallest live share if less than half of it is live and it is not still
-/// dying ([`super::segments::Segments::compaction_candidate`]): its live frames
+/// Compacts the sealed segment with the smallest live share if less than half of it is live, it is not still
+/// dying, and the store is not `busy` or has piled up dead bytes ([`super::segments::Segments::compaction_candidate`]): its live frames
 /// are written to the newest segment with a mark for log LSN `lsn`, which the caller must sync before `remove`
 /// deletes the old one. Returns None when no segment needs it. On a failed write the frames not written stay
 /// pending, for the caller to retry.
@@ -34,8 +34,13 @@ pub struct Compacted {
 /// The segment is read into `buffer`, which the caller keeps between compactions: under load they come every
 /// sync, and a fresh 64 MiB buffer each time cost more (zeroing, page faults) than reading into it. When no
 /// segment needs compacting the buffer is released.
-pub fn copy_live(state: &RwLock<State>, lsn: u64, buffer: &mut Vec<u8>) -> Result<Option<Compacted>, StoreError> {
-    let Some((number, file)) = state.write().segments.compaction_candidate(Instant::now()) else {
+pub fn copy_live(
+    state: &RwLock<State>,
+    lsn: u64,
+    busy: bool,
+    buffer: &mut Vec<u8>,
+) -> Result<Option<Compacted>, StoreError> {
+    let Some((number, file)) = state.write().segments.compaction_candidate(Instant::now(), busy) else {
         *buffer = Vec::new();
         return Ok(None);
     };

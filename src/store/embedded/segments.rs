@@ -33,6 +33,9 @@ pub const SEGMENT_MAX_BYTES: u64 = 64 << 20;
 /// A segment whose live bytes, at the pace they died since the previous look for a compaction candidate, would
 /// all be gone within this long is still dying: compacting it now would copy frames about to die.
 const DYING_WITHIN: Duration = Duration::from_secs(120);
+/// While the store is busy, compaction waits until the sealed segments hold more dead bytes than this and than
+/// twice their live bytes: the space it would win is not worth the CPU that the load needs.
+const BUSY_DEAD_MIN: u64 = 1 << 30;
 const HEADER_BYTES: usize = 8;
 /// The body tag of a checkpoint mark (op tags are small numbers).
 const CHECKPOINT: u8 = 0xF0;
@@ -259,8 +262,14 @@ impl Segments {
     /// to die. A spike's scheduled records die over its minute; compacting their segments at half live, then the
     /// copies at half live, was ~5–8% of a 30,000/s spike's CPU. Once the deaths stop (what is left lives on) or
     /// slow to a trickle, it is compacted.
-    pub fn compaction_candidate(&mut self, now: Instant) -> Option<(u32, Arc<File>)> {
+    ///
+    /// While the store is `busy`, none is, unless the sealed segments' dead bytes exceed [`BUSY_DEAD_MIN`] and
+    /// twice their live bytes.
+    pub fn compaction_candidate(&mut self, now: Instant, busy: bool) -> Option<(u32, Arc<File>)> {
         let active = self.active;
+        let sealed = || self.files.iter().filter(|(number, _)| **number != active).map(|(_, s)| s);
+        let (dead, live) = sealed().fold((0, 0), |(dead, live), s| (dead + (s.len - s.live), live + s.live));
+        let defer = busy && (dead < BUSY_DEAD_MIN || dead < 2 * live);
         let since = self.last_look.map_or(Duration::ZERO, |last| now.saturating_duration_since(last));
         let dying = |s: &Segment| {
             s.died > 0 && u128::from(s.live) * since.as_millis() < u128::from(s.died) * DYING_WITHIN.as_millis()
@@ -268,7 +277,7 @@ impl Segments {
         let candidate = self
             .files
             .iter()
-            .filter(|(number, s)| **number != active && s.live * 2 < s.len && !dying(s))
+            .filter(|(number, s)| !defer && **number != active && s.live * 2 < s.len && !dying(s))
             .min_by_key(|(_, s)| (s.live * 1000).checked_div(s.len).unwrap_or(0))
             .map(|(number, s)| (*number, s.file.clone()));
         self.files.values_mut().for_each(|s| s.died = 0);

@@ -359,11 +359,11 @@ fn compaction_moves_the_live_frames_of_a_mostly_dead_segment_and_keeps_the_rest(
     let before = state.segments.usage();
     assert!(before.len() > 3, "{before:?}");
     // A first look: every segment lost frames just now, so none is a candidate until a look in which it did not.
-    assert_eq!(state.segments.compaction_candidate(Instant::now()).map(|(n, _)| n), None, "all still dying");
+    assert_eq!(state.segments.compaction_candidate(Instant::now(), false).map(|(n, _)| n), None, "all still dying");
     let state = parking_lot::RwLock::new(state);
     let mut compacted = 0;
     let mut buffer = Vec::new();
-    while let Some(done) = super::compact::copy_live(&state, 1, &mut buffer).unwrap() {
+    while let Some(done) = super::compact::copy_live(&state, 1, false, &mut buffer).unwrap() {
         state.write().segments.remove(done.segment).unwrap();
         compacted += 1;
     }
@@ -390,7 +390,7 @@ fn a_segment_still_dying_is_compacted_only_once_its_deaths_stop_or_slow() {
     let sealed = state.segments.usage()[0].0;
     assert_eq!(state.segments.usage().len(), 2, "one sealed segment and the newest");
     let t0 = Instant::now();
-    let look = |state: &mut State, at: Duration| state.segments.compaction_candidate(t0 + at).map(|(n, _)| n);
+    let look = |state: &mut State, at: Duration| state.segments.compaction_candidate(t0 + at, false).map(|(n, _)| n);
     assert_eq!(look(&mut state, Duration::ZERO), None, "all live");
 
     // Most of it dies within half a second: it is a candidate by its live share, but still dying.
@@ -406,6 +406,24 @@ fn a_segment_still_dying_is_compacted_only_once_its_deaths_stop_or_slow() {
     // A trickle (one of 19 in ten minutes: all gone in over three hours) does not hold it back.
     commit_at(&mut state, vec![put(81, NotificationStatus::Completed)], now);
     assert_eq!(look(&mut state, Duration::from_secs(601)), Some(sealed), "one frame in ten minutes");
+}
+
+#[test]
+fn a_busy_store_leaves_a_little_dead_space_for_later() {
+    let (_dir, mut state) = fresh_state();
+    state.segments.set_max_bytes(1024);
+    let now = Timestamp::now();
+    let put = |i: u64, status| Write::PutNotification(notification(&format!("n{i}"), i, status));
+    commit_at(&mut state, (0..100).map(|i| put(i, NotificationStatus::Accepted)).collect(), now);
+    state.segments.roll_if_full().unwrap();
+    let sealed = state.segments.usage()[0].0;
+    commit_at(&mut state, (0..90).map(|i| put(i, NotificationStatus::Completed)).collect(), now);
+    let t0 = Instant::now();
+    state.segments.compaction_candidate(t0, false);
+    // Mostly dead and no longer dying, but a few KiB of dead bytes are not worth a busy store's CPU.
+    let look = |state: &mut State, busy| state.segments.compaction_candidate(t0 + Duration::from_secs(1), busy);
+    assert_eq!(look(&mut state, true).map(|(n, _)| n), None, "busy");
+    assert_eq!(look(&mut state, false).map(|(n, _)| n), Some(sealed), "idle");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
