@@ -349,3 +349,39 @@ async fn the_loader_holds_at_most_max_loaded_in_memory_and_reads_the_rest_as_the
     assert_eq!(barrier(&app, "u1").await, expected.len());
     assert_eq!(bodies(&app), expected, "each once, in due order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fired_send_is_written_with_all_its_deliveries_by_its_first_write_after_firing() {
+    let app = spawn_app_with(|s| s.scheduling.min_lead_s = 1).await;
+    app.user("u1", &[("tok-1", "android"), ("tok-2", "android")]).await;
+    app.sandbox().set_faults(
+        ProviderKind::Fcm,
+        FaultSettings { latency_min_ms: 1500, latency_max_ms: 1500, ..Default::default() },
+    );
+    let due = Timestamp::now().checked_add(SignedDuration::from_millis(1200)).unwrap();
+    let id = app.send(scheduled("u1", "in flight", due)).await;
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+
+    // Fired, the first push at the provider: nothing of it is written yet (docs/scheduling.md).
+    let (_, n) = app.get(&format!("/v1/notifications/{id}")).await;
+    assert_eq!(n["status"], "scheduled", "{n:#}");
+    assert_eq!(n["deliveries"].as_array().unwrap().len(), 0, "{n:#}");
+    // A DELETE cancels the second push, queued behind the first (per-recipient order); its write is the first
+    // since the fire and carries both deliveries.
+    let (status, reply) = app.request(reqwest::Method::DELETE, &format!("/v1/notifications/{id}"), None).await;
+    assert_eq!((status, reply["status"].as_str()), (200, Some("dispatching")), "{reply}");
+    let (_, n) = app.get(&format!("/v1/notifications/{id}")).await;
+    assert_eq!(n["status"], "dispatching", "{n:#}");
+    let statuses = |n: &Value| {
+        let mut s: Vec<String> =
+            n["deliveries"].as_array().unwrap().iter().map(|d| d["status"].as_str().unwrap().to_string()).collect();
+        s.sort();
+        s
+    };
+    assert_eq!(statuses(&n), ["cancelled", "queued"], "{n:#}");
+
+    let n = app.wait_final(&id).await;
+    assert_eq!(n["status"], "completed", "{n:#}");
+    assert_eq!(statuses(&n), ["cancelled", "delivered"], "{n:#}");
+    assert_eq!(barrier(&app, "u1").await, 1, "the push handed over, once");
+}

@@ -184,6 +184,15 @@ impl ShardState {
                 }
             }
         }
+        if open.unsaved {
+            // Fired without a commit (`fire`): this is its first write since, so it carries every delivery.
+            open.unsaved = false;
+            changed = true;
+            writes.extend(open.deliveries.iter().map(|d| Write::PutDelivery(d.clone())));
+            if let Some(landed) = self.left_scheduled.get(id) {
+                self.landing.push(landed.clone());
+            }
+        }
         if changed {
             open.notification_mut().updated_at = now;
             writes.push(Write::PutNotification(open.notification.clone()));
@@ -215,12 +224,14 @@ impl ShardState {
         }
         self.outcomes = outcomes;
         let ctx = self.ctx.clone();
+        let landing = std::mem::take(&mut self.landing);
         // Slots are released only once the outcomes are durable: that is what bounds duplicates after a crash.
         self.ctx.submit(
             writes,
             Box::new(move |result| {
-                if let Err(e) = &result {
-                    ctx.telemetry.store_error(e);
+                match &result {
+                    Ok(()) => super::scheduled::landed(&ctx, &landing),
+                    Err(e) => ctx.telemetry.store_error(e),
                 }
                 for (provider, releases) in released.by_provider {
                     ctx.dispatcher(provider).release_all(releases);
@@ -272,7 +283,10 @@ impl ShardState {
                         self.report_waits.start((notification_id.clone(), delivery.id.clone()), Instant::now());
                         arm_report_wait(&mut self.report_waits, me);
                     }
-                    writes.push(Write::PutDelivery(open.deliveries[index].clone()));
+                    // An unsaved notification's deliveries are all written by `progress` below.
+                    if !open.unsaved {
+                        writes.push(Write::PutDelivery(open.deliveries[index].clone()));
+                    }
                 }
                 let delivery = open.deliveries[index].clone();
                 if let Err(e) = &result
@@ -381,6 +395,10 @@ impl ShardState {
         reply: Reply<NotificationStatus>,
     ) {
         let id = stored.notification.id.as_str();
+        if !self.open.contains_key(id) && self.left_scheduled.contains_key(id) {
+            // It left `scheduled` here and is final, but the store may not show it yet (a send fired unsaved).
+            return drop(reply.send(Err(EngineError::Conflict("notification is already final".into()))));
+        }
         let scheduled = self.open.get(id).map_or(stored.notification.status, |o| o.notification.status);
         if scheduled == NotificationStatus::Scheduled {
             return self.cancel_scheduled(stored.notification, reply);

@@ -146,6 +146,10 @@ struct Open {
     /// user).
     adhoc_user: Option<Box<User>>,
     cancelled: bool,
+    /// Fired from `scheduled` without a commit (`scheduled.rs`): the store still holds the notification as
+    /// scheduled and none of its deliveries. The next write of it (its first provider answer, a cancel) writes
+    /// it and every delivery.
+    unsaved: bool,
     accepted_at: Instant,
 }
 
@@ -159,6 +163,7 @@ impl Open {
             handoffs: Vec::new(),
             adhoc_user: adhoc_user.map(Box::new),
             cancelled: false,
+            unsaved: false,
             accepted_at: Instant::now(),
         })
     }
@@ -202,6 +207,9 @@ pub struct ShardState {
     /// Scheduled notifications that left the scheduled state here, with the loader's read count when that
     /// commit landed (`u64::MAX` until it lands): a loader read up to that count may still return them.
     left_scheduled: HashMap<NotificationId, Arc<AtomicU64>>,
+    /// Entries of `left_scheduled` whose notification has just been written for the first time since it fired
+    /// unsaved: the next commit's callback records that it landed (commits land in submission order).
+    landing: Vec<Arc<AtomicU64>>,
     /// Running sequences of this shard's users.
     sequences: HashMap<SequenceId, Sequence>,
     /// Notifications forgotten after a failed accept commit: the only ones a reconcile may adopt.
@@ -227,6 +235,7 @@ impl Actor for Shard {
             held: held::Held::default(),
             sched_until: Timestamp::UNIX_EPOCH,
             left_scheduled: HashMap::default(),
+            landing: Vec::new(),
             sequences: HashMap::default(),
             forgotten: Forgotten::default(),
             link: Arc::new(ShardLink { actor: me, outcomes: parking_lot::Mutex::new(Vec::new()) }),

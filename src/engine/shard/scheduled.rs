@@ -13,12 +13,12 @@ use jiff::{SignedDuration, Timestamp};
 use ractor::ActorRef;
 
 use crate::domain::schedule::{quiet_hours_end, resolve_send_at};
-use crate::domain::{Notification, NotificationStatus, Priority, User};
+use crate::domain::{DeliveryStatus, Notification, NotificationStatus, Priority, User};
 use crate::store::Write;
 
-use super::super::EngineError;
 use super::super::request::{AcceptReply, Claim, NewNotification, NotificationPatch, render};
 use super::super::timers::{TimerKey, until};
+use super::super::{EngineCtx, EngineError};
 use super::delivery::AfterAccept;
 use super::{Open, Reply, ShardMsg, ShardState, count_campaign_final, stored_adhoc_user};
 
@@ -127,13 +127,15 @@ impl ShardState {
         let mut writes = Vec::new();
         let mut jobs = Vec::new();
         let mut left = Vec::new();
+        let mut unsaved = Vec::new();
         while let Some(id) = self.next_unheld() {
-            let before = jobs.len();
-            self.fire(me, &id, now, &mut writes, &mut jobs, &mut left);
-            self.ctx.reserve_all(&jobs[before..]);
+            let before = (jobs.len(), unsaved.len());
+            self.fire(me, &id, now, &mut writes, &mut jobs, &mut left, &mut unsaved);
+            self.ctx.reserve_all(&jobs[before.0..]);
+            self.ctx.reserve_all(&unsaved[before.1..]);
         }
         for (_, key) in due {
-            let before = jobs.len();
+            let before = (jobs.len(), unsaved.len());
             match key {
                 TimerKey::Send(id) => match self
                     .open
@@ -142,19 +144,24 @@ impl ShardState {
                     .and_then(|o| self.hold_for(&o.notification))
                 {
                     Some(kind) => self.hold(kind, id),
-                    None => self.fire(me, &id, now, &mut writes, &mut jobs, &mut left),
+                    None => self.fire(me, &id, now, &mut writes, &mut jobs, &mut left, &mut unsaved),
                 },
                 TimerKey::Step(id) => self.on_step_timeout(me, &id, &mut writes, &mut jobs),
             }
-            self.ctx.reserve_all(&jobs[before..]);
+            self.ctx.reserve_all(&jobs[before.0..]);
+            self.ctx.reserve_all(&unsaved[before.1..]);
         }
+        // Sends fired unsaved go at once: nothing of theirs waits for the store.
+        self.ctx.dispatch_reserved(unsaved);
         if !writes.is_empty() || !jobs.is_empty() {
             let ctx = self.ctx.clone();
             let shard = me.clone();
+            let landing = std::mem::take(&mut self.landing);
             self.ctx.submit(
                 writes,
                 Box::new(move |result| match result {
                     Ok(()) => {
+                        landed(&ctx, &landing);
                         let reads = ctx.sched_reads.load(Ordering::Acquire);
                         for (_, _, landed) in &left {
                             landed.store(reads, Ordering::Release);
@@ -181,6 +188,13 @@ impl ShardState {
 
     /// A scheduled notification is due: fail it if it expired, defer it past quiet hours, or plan and dispatch
     /// its deliveries.
+    ///
+    /// A plain fire (every delivery queued for a provider, nothing else changed) is not written: its jobs go to
+    /// `unsaved`, to be dispatched at once, and the notification stays `scheduled` in the store until its first
+    /// provider answer writes it with every delivery (`Open::unsaved`). A crash in between loses nothing: the
+    /// restart fires it again from the store, as it re-sends a queued delivery, and what was in flight is
+    /// bounded by the same in-flight window. At a 30,000/s spike this commit was a third of the store's work.
+    #[allow(clippy::too_many_arguments)]
     fn fire(
         &mut self,
         me: &ActorRef<ShardMsg>,
@@ -189,6 +203,7 @@ impl ShardState {
         writes: &mut Vec<Write>,
         jobs: &mut Vec<super::DeliveryJob>,
         left: &mut Vec<(String, i64, Arc<AtomicU64>)>,
+        unsaved: &mut Vec<super::DeliveryJob>,
     ) {
         let Some(open) = self.open.get_mut(id) else { return };
         if open.notification.status != NotificationStatus::Scheduled {
@@ -224,8 +239,25 @@ impl ShardState {
         // Ordering among the recipient's sends follows when it is really sent, not when it was requested.
         n.seq = self.ctx.next_seq();
         open.accepted_at = Instant::now();
-        left.push((id.to_string(), due_ms, self.leave_scheduled(id)));
-        jobs.extend(self.progress(me, id, true, writes));
+        let landed = self.leave_scheduled(id);
+        let mut fired = Vec::new();
+        let fired_jobs = self.progress(me, id, true, &mut fired);
+        let plain = self.open.get_mut(id).filter(|o| {
+            !o.deliveries.is_empty()
+                && o.deliveries.iter().all(|d| d.status == DeliveryStatus::Queued)
+                && fired.iter().all(|w| matches!(w, Write::PutNotification(_) | Write::PutDelivery(_)))
+        });
+        match plain {
+            Some(open) => {
+                open.unsaved = true;
+                unsaved.extend(fired_jobs);
+            }
+            None => {
+                writes.append(&mut fired);
+                jobs.extend(fired_jobs);
+                left.push((id.to_string(), due_ms, landed));
+            }
+        }
     }
 
     /// Remembers that `id` left the scheduled state here, until no loader read can return it any more.
@@ -358,4 +390,16 @@ fn quiet_end(priority: Priority, user: &User, at: Timestamp) -> Option<Timestamp
 fn ceil_ms(t: Timestamp) -> Timestamp {
     let floor = Timestamp::from_millisecond(t.as_millisecond()).unwrap_or(t);
     if floor < t { floor.checked_add(Duration::from_millis(1)).unwrap_or(t) } else { floor }
+}
+
+/// The notifications in `landing` were written for the first time since they fired unsaved, and that commit
+/// has landed: loader reads that start from now on see them as they are, so the shard may forget them.
+pub(super) fn landed(ctx: &EngineCtx, landing: &[Arc<AtomicU64>]) {
+    if landing.is_empty() {
+        return;
+    }
+    let reads = ctx.sched_reads.load(Ordering::Acquire);
+    for landed in landing {
+        landed.store(reads, Ordering::Release);
+    }
 }
