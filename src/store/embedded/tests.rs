@@ -379,15 +379,25 @@ fn compaction_moves_the_live_frames_of_a_mostly_dead_segment_and_keeps_the_rest(
     assert!(matches!(state.segments.read(loc).unwrap(), Op::Notification { open: false, .. }));
 }
 
-#[test]
-fn a_segment_still_dying_is_compacted_only_once_its_deaths_stop_or_slow() {
-    let (_dir, mut state) = fresh_state();
+/// A put of notification `n{i}`.
+fn put_n(i: u64, status: NotificationStatus) -> Write {
+    Write::PutNotification(notification(&format!("n{i}"), i, status))
+}
+
+/// A state whose first segment, sealed, holds notifications n0..n99, all live; and that segment's number.
+fn one_sealed_segment() -> (tempfile::TempDir, State, u32) {
+    let (dir, mut state) = fresh_state();
     state.segments.set_max_bytes(1024);
-    let now = Timestamp::now();
-    let put = |i: u64, status| Write::PutNotification(notification(&format!("n{i}"), i, status));
-    commit_at(&mut state, (0..100).map(|i| put(i, NotificationStatus::Accepted)).collect(), now);
+    commit_at(&mut state, (0..100).map(|i| put_n(i, NotificationStatus::Accepted)).collect(), Timestamp::now());
     state.segments.roll_if_full().unwrap();
     let sealed = state.segments.usage()[0].0;
+    (dir, state, sealed)
+}
+
+#[test]
+fn a_segment_still_dying_is_compacted_only_once_its_deaths_stop_or_slow() {
+    let (_dir, mut state, sealed) = one_sealed_segment();
+    let (now, put) = (Timestamp::now(), put_n);
     assert_eq!(state.segments.usage().len(), 2, "one sealed segment and the newest");
     let t0 = Instant::now();
     let look = |state: &mut State, at: Duration| state.segments.compaction_candidate(t0 + at, false).map(|(n, _)| n);
@@ -410,14 +420,8 @@ fn a_segment_still_dying_is_compacted_only_once_its_deaths_stop_or_slow() {
 
 #[test]
 fn a_busy_store_leaves_a_little_dead_space_for_later() {
-    let (_dir, mut state) = fresh_state();
-    state.segments.set_max_bytes(1024);
-    let now = Timestamp::now();
-    let put = |i: u64, status| Write::PutNotification(notification(&format!("n{i}"), i, status));
-    commit_at(&mut state, (0..100).map(|i| put(i, NotificationStatus::Accepted)).collect(), now);
-    state.segments.roll_if_full().unwrap();
-    let sealed = state.segments.usage()[0].0;
-    commit_at(&mut state, (0..90).map(|i| put(i, NotificationStatus::Completed)).collect(), now);
+    let (_dir, mut state, sealed) = one_sealed_segment();
+    commit_at(&mut state, (0..90).map(|i| put_n(i, NotificationStatus::Completed)).collect(), Timestamp::now());
     let t0 = Instant::now();
     state.segments.compaction_candidate(t0, false);
     // Mostly dead and no longer dying, but a few KiB of dead bytes are not worth a busy store's CPU.
