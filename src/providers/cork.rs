@@ -7,7 +7,8 @@
 //! and returns `Pending`, which puts the connection at the back of the worker's queue (tokio re-queues a task
 //! that woke itself behind the others), so the sends queued meanwhile join the same write. The second flush
 //! writes everything in one go. A flush with nothing held goes straight through, so a lone request waits only
-//! for the tasks already queued.
+//! for the tasks already queued. The sandbox's TLS listener corks its connections the same way: hyper runs each
+//! stream's handler as a task of its own, and each answer woke the connection for a write of its own.
 
 use std::io;
 use std::pin::Pin;

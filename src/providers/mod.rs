@@ -203,7 +203,7 @@ pub(crate) fn log_refusal(error: &ProviderError, metric_label: &'static str, rec
 
 pub mod apns;
 pub mod bizppurio;
-mod cork;
+pub(crate) mod cork;
 pub mod dev_credentials;
 pub mod fcm;
 mod http;

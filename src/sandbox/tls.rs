@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::providers::cork::Corked;
+
 /// A client that connects and never finishes its handshake is dropped after this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -108,8 +110,8 @@ pub(crate) async fn serve(listener: TcpListener, config: Arc<ServerConfig>, rout
                 Err(_) => return,
             };
             let builder = auto::Builder::new(TokioExecutor::new());
-            let connection =
-                builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(router));
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(Corked::new(tls)), TowerToHyperService::new(router));
             tokio::pin!(connection);
             tokio::select! {
                 served = connection.as_mut() => {
