@@ -352,15 +352,16 @@ async fn the_loader_holds_at_most_max_loaded_in_memory_and_reads_the_rest_as_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fired_send_is_written_with_all_its_deliveries_by_its_first_write_after_firing() {
-    let app = spawn_app_with(|s| s.scheduling.min_lead_s = 1).await;
+    let app = spawn_app().await;
     app.user("u1", &[("tok-1", "android"), ("tok-2", "android")]).await;
     app.sandbox().set_faults(
         ProviderKind::Fcm,
         FaultSettings { latency_min_ms: 1500, latency_max_ms: 1500, ..Default::default() },
     );
-    let due = Timestamp::now().checked_add(SignedDuration::from_millis(1200)).unwrap();
+    let due = Timestamp::now().checked_add(SignedDuration::from_hours(2)).unwrap();
     let id = app.send(scheduled("u1", "in flight", due)).await;
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    app.running.engine.clock().advance(Duration::from_secs(3 * 3600));
+    peaks_until(&app, ["herald_in_flight{provider=\"fcm\""], |[in_flight]| *in_flight >= 1).await;
 
     // Fired, the first push at the provider: nothing of it is written yet (docs/scheduling.md).
     let (_, n) = app.get(&format!("/v1/notifications/{id}")).await;

@@ -26,9 +26,9 @@ pub struct Compacted {
 }
 
 /// Compacts the sealed segment with the smallest live share if less than half of it is live, it is not still
-/// dying, and the store is not `busy` or has piled up dead bytes ([`super::segments::Segments::compaction_candidate`]): its live frames
-/// are written to the newest segment with a mark for log LSN `lsn`, which the caller must sync before `remove`
-/// deletes the old one. Returns None when no segment needs it. On a failed write the frames not written stay
+/// dying, and the store is not `busy` or has piled up dead bytes
+/// ([`super::segments::Segments::compaction_candidate`]): its live frames are written to the newest segment with
+/// a mark for log LSN `lsn`, which the caller must sync before `remove` deletes the old one. Returns None when no segment needs it. On a failed write the frames not written stay
 /// pending, for the caller to retry.
 ///
 /// The segment is read into `buffer`, which the caller keeps between compactions: under load they come every

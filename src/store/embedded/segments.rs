@@ -267,8 +267,8 @@ impl Segments {
     /// twice their live bytes.
     pub fn compaction_candidate(&mut self, now: Instant, busy: bool) -> Option<(u32, Arc<File>)> {
         let active = self.active;
-        let sealed = || self.files.iter().filter(|(number, _)| **number != active).map(|(_, s)| s);
-        let (dead, live) = sealed().fold((0, 0), |(dead, live), s| (dead + (s.len - s.live), live + s.live));
+        let sealed = self.files.iter().filter(|(number, _)| **number != active).map(|(_, s)| s);
+        let (dead, live) = sealed.fold((0, 0), |(dead, live), s| (dead + (s.len - s.live), live + s.live));
         let defer = busy && (dead < BUSY_DEAD_MIN || dead < 2 * live);
         let since = self.last_look.map_or(Duration::ZERO, |last| now.saturating_duration_since(last));
         let dying = |s: &Segment| {

@@ -397,24 +397,24 @@ fn one_sealed_segment() -> (tempfile::TempDir, State, u32) {
 #[test]
 fn a_segment_still_dying_is_compacted_only_once_its_deaths_stop_or_slow() {
     let (_dir, mut state, sealed) = one_sealed_segment();
-    let (now, put) = (Timestamp::now(), put_n);
+    let now = Timestamp::now();
     assert_eq!(state.segments.usage().len(), 2, "one sealed segment and the newest");
     let t0 = Instant::now();
     let look = |state: &mut State, at: Duration| state.segments.compaction_candidate(t0 + at, false).map(|(n, _)| n);
     assert_eq!(look(&mut state, Duration::ZERO), None, "all live");
 
     // Most of it dies within half a second: it is a candidate by its live share, but still dying.
-    commit_at(&mut state, (0..80).map(|i| put(i, NotificationStatus::Completed)).collect(), now);
+    commit_at(&mut state, (0..80).map(|i| put_n(i, NotificationStatus::Completed)).collect(), now);
     let (_, len, live) = state.segments.usage()[0];
     assert!(live * 2 < len, "mostly dead: {live} of {len}");
     assert_eq!(look(&mut state, Duration::from_millis(500)), None, "still dying");
     // One of the 20 left dies in the next half second: at that pace the rest is gone in ten seconds.
-    commit_at(&mut state, vec![put(80, NotificationStatus::Completed)], now);
+    commit_at(&mut state, vec![put_n(80, NotificationStatus::Completed)], now);
     assert_eq!(look(&mut state, Duration::from_secs(1)), None, "dying at one frame per 500 ms");
     // A look later, with nothing more died, it is compacted.
     assert_eq!(look(&mut state, Duration::from_millis(1500)), Some(sealed));
     // A trickle (one of 19 in ten minutes: all gone in over three hours) does not hold it back.
-    commit_at(&mut state, vec![put(81, NotificationStatus::Completed)], now);
+    commit_at(&mut state, vec![put_n(81, NotificationStatus::Completed)], now);
     assert_eq!(look(&mut state, Duration::from_secs(601)), Some(sealed), "one frame in ten minutes");
 }
 
