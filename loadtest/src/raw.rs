@@ -12,7 +12,7 @@ use herald::providers::dev_credentials::FCM_SERVICE_ACCOUNT_JSON;
 use herald::providers::fcm::ServiceAccount;
 use herald::providers::http2::{self, Http2Client};
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderValue, Uri};
+use http::{HeaderValue, Uri};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -95,12 +95,11 @@ pub async fn measure(target: &Target, seconds: f64, concurrency: usize, tag: &st
     let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| format!("the access token: {e}"))?;
     let url = format!("{}/v1/projects/{}/messages:send", target.base, account.project_id);
     let uri: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let mut headers = HeaderMap::with_capacity(3);
-    headers.insert(AUTHORIZATION, bearer);
+    let headers = [(AUTHORIZATION, bearer)];
 
     // One request first, to open the connection and see that it works.
     let probe = serde_json::to_vec(&message("lt-token-raw", &format!("{tag} r probe"), "raw-probe")).expect("JSON");
-    let answer = sends.post_json(uri.clone(), headers.clone(), probe.into()).await;
+    let answer = sends.post_json(&uri, &headers, probe.into()).await;
     let answer = answer.map_err(|e| format!("POST {url}: {e}"))?;
     if !(200..300).contains(&answer.status) {
         return Err(format!("POST {url}: answered {}", answer.status));
@@ -122,7 +121,7 @@ pub async fn measure(target: &Target, seconds: f64, concurrency: usize, tag: &st
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let body = serde_json::to_vec(&message("lt-token-raw", &format!("{tag} r {n}"), &format!("raw-{n}")))
                     .expect("a JSON value serializes");
-                let sent = sends.post_json(uri.clone(), headers.clone(), body.into()).await;
+                let sent = sends.post_json(&uri, &headers, body.into()).await;
                 let answered = matches!(sent, Ok(a) if (200..300).contains(&a.status));
                 // Only answers within the window count, so the rate is over exactly the measured seconds.
                 if Instant::now() <= deadline {

@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use h2::client::SendRequest;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use parking_lot::Mutex;
 use rustls::ClientConfig;
 use rustls_pki_types::pem::PemObject;
@@ -43,6 +43,9 @@ const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 pub struct Http2Client {
     inner: Arc<Inner>,
 }
+
+/// A request header: name and value.
+pub type Header = (HeaderName, HeaderValue);
 
 /// An answer: status, headers and the whole body.
 #[derive(Debug)]
@@ -105,15 +108,30 @@ impl Http2Client {
     /// POSTs the JSON `body` to `uri` (absolute, on this client's origin) with `headers` and this client's
     /// `content-type` and `content-length`, and reads the whole answer; an error is a transport failure described
     /// without the URL.
-    pub async fn post_json(&self, uri: Uri, mut headers: HeaderMap, body: Bytes) -> Result<Answer, String> {
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let mut request = Request::new(());
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        match tokio::time::timeout(self.inner.timeout, self.exchange(request, body)).await {
-            Ok(answer) => answer,
+    ///
+    /// A request the server refused unprocessed (a GOAWAY that excludes its stream, REFUSED_STREAM: RFC 9113
+    /// §8.7) goes once more, on a fresh connection if need be, within the same timeout. Any other failure may
+    /// have been processed. The refusing connection is given up, so the second try opens another unless one was
+    /// opened meanwhile.
+    pub async fn post_json(&self, uri: &Uri, headers: &[Header], body: Bytes) -> Result<Answer, String> {
+        // Every send's future holds this one, and it is allocated and copied per send, so it is kept small: one
+        // layer of `async fn` (its arguments take room for its whole life), the headers borrowed and the request
+        // built between two awaits, the first try awaited in a statement of its own (a future awaited in a
+        // `match` scrutinee lives through the whole match), the rare second try boxed.
+        let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
+        let first = tokio::time::timeout_at(deadline, self.exchange_once(index, uri, headers, body.clone())).await;
+        let connection = match first {
+            Ok(Err(Failure::Unprocessed { connection, message })) => {
+                tracing::debug!(provider = self.inner.provider, error = %message, "http/2 request refused unprocessed; resent");
+                connection
+            }
+            Ok(answer) => return answer.map_err(Failure::into_message),
+            Err(_) => return Err("timed out".to_string()),
+        };
+        self.inner.slots[index].forget(connection);
+        match Box::pin(tokio::time::timeout_at(deadline, self.exchange_once(index, uri, headers, body))).await {
+            Ok(answer) => answer.map_err(Failure::into_message),
             Err(_) => Err("timed out".to_string()),
         }
     }
@@ -124,51 +142,41 @@ impl Http2Client {
         self.inner.opened.load(Ordering::Relaxed)
     }
 
-    async fn exchange(&self, request: Request<()>, body: Bytes) -> Result<Answer, String> {
-        // A request the server refused unprocessed (a GOAWAY that excludes its stream, REFUSED_STREAM: RFC 9113
-        // §8.7) goes once more, on a fresh connection if need be. Any other failure may have been processed.
-        // The refusing connection is given up, so the second try opens another unless one was opened meanwhile.
-        let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
-        let again = clone_request(&request);
-        match self.exchange_once(index, request, body.clone()).await {
-            Err(Failure::Unprocessed { connection, message }) => {
-                tracing::debug!(provider = self.inner.provider, error = %message, "http/2 request refused unprocessed; resent");
-                self.inner.slots[index].forget(connection);
-                self.exchange_once(index, again, body).await.map_err(Failure::into_message)
-            }
-            answer => answer.map_err(Failure::into_message),
-        }
-    }
-
     /// One exchange on slot `index`.
-    async fn exchange_once(&self, index: usize, request: Request<()>, body: Bytes) -> Result<Answer, Failure> {
-        let Live { id, send: mut sender } = self.ready(index).await.map_err(Failure::Other)?;
+    async fn exchange_once(&self, index: usize, uri: &Uri, headers: &[Header], body: Bytes) -> Result<Answer, Failure> {
+        let Live { id, send } = self.ready(index).await.map_err(Failure::Other)?;
         let failed = |e: h2::Error| Failure::on(id, &e);
-        let (answer, mut stream) = sender.send_request(request, body.is_empty()).map_err(failed)?;
-        if !body.is_empty() {
-            // Buffered by h2 until the peer's flow-control window lets it go.
-            stream.send_data(body, true).map_err(failed)?;
-        }
-        let (parts, mut received) = answer.await.map_err(failed)?.into_parts();
+        let answer = {
+            // In a block: the sender and the stream are not kept through the awaits below.
+            let mut sender = send;
+            let (answer, mut stream) =
+                sender.send_request(post(uri, headers, body.len()), body.is_empty()).map_err(failed)?;
+            if !body.is_empty() {
+                // Buffered by h2 until the peer's flow-control window lets it go.
+                stream.send_data(body, true).map_err(failed)?;
+            }
+            answer
+        };
+        let (http::response::Parts { status, headers, .. }, mut received) = answer.await.map_err(failed)?.into_parts();
         let mut body = Bytes::new();
-        let mut more: Option<BytesMut> = None;
+        // Most answers are one DATA frame: kept as it came; only more frames are copied, into `more`.
+        let mut more = Vec::new();
         while let Some(chunk) = received.data().await {
             let chunk = chunk.map_err(|e| Failure::Other(describe(&e)))?;
             let _ = received.flow_control().release_capacity(chunk.len());
-            // Most answers are one DATA frame: keep it as it came; copy only when there are more.
-            if body.is_empty() && more.is_none() {
+            if body.is_empty() && more.is_empty() {
                 body = chunk;
             } else {
-                let buffer = more.get_or_insert_with(|| BytesMut::from(&body[..]));
-                if buffer.len() < MAX_BODY {
-                    buffer.extend_from_slice(&chunk[..chunk.len().min(MAX_BODY - buffer.len())]);
+                if more.is_empty() {
+                    more.extend_from_slice(&body);
                 }
+                more.extend_from_slice(&chunk[..chunk.len().min(MAX_BODY.saturating_sub(more.len()))]);
             }
         }
-        if let Some(buffer) = more {
-            body = buffer.freeze();
+        if !more.is_empty() {
+            body = Bytes::from(more);
         }
-        Ok(Answer { status: parts.status.as_u16(), headers: parts.headers, body })
+        Ok(Answer { status: status.as_u16(), headers, body })
     }
 
     /// Slot `index`'s connection, ready for one more stream; opened (or reopened) if need be.
@@ -186,7 +194,9 @@ impl Http2Client {
             },
             None => None,
         };
-        let live = self.connect(index, failed).await?;
+        // Boxed: connecting (TCP, TLS, the HTTP/2 handshake) is rare but its state is kilobytes, which every
+        // send's future would otherwise carry and copy.
+        let live = Box::pin(self.connect(index, failed)).await?;
         let send = live.send.ready().await.map_err(|e| describe(&e))?;
         Ok(Live { id: live.id, send })
     }
@@ -309,12 +319,19 @@ impl Failure {
     }
 }
 
-fn clone_request(request: &Request<()>) -> Request<()> {
-    let mut again = Request::new(());
-    *again.method_mut() = request.method().clone();
-    *again.uri_mut() = request.uri().clone();
-    *again.headers_mut() = request.headers().clone();
-    again
+/// A POST of `uri` with `headers` and a JSON body of `length` bytes.
+fn post(uri: &Uri, headers: &[Header], length: usize) -> Request<()> {
+    let mut request = Request::new(());
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri.clone();
+    let map = request.headers_mut();
+    map.reserve(headers.len() + 2);
+    for (name, value) in headers {
+        map.insert(name.clone(), value.clone());
+    }
+    map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    map.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    request
 }
 
 /// An h2 error as text, with its cause (`io` errors carry the useful part).
@@ -343,7 +360,7 @@ mod tests {
 
     async fn post(client: &Http2Client, base: &str, path: &str, body: &'static str) -> Result<Answer, String> {
         let uri: Uri = format!("{base}{path}").parse().unwrap();
-        client.post_json(uri, HeaderMap::new(), Bytes::from_static(body.as_bytes())).await
+        client.post_json(&uri, &[], Bytes::from_static(body.as_bytes())).await
     }
 
     #[tokio::test]

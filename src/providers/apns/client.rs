@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::http::header::AUTHORIZATION;
-use ::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use ::http::{HeaderName, HeaderValue, Uri};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -48,17 +48,18 @@ impl ApnsClient {
 
     /// One POST of `notification` with `authorization`.
     async fn post(&self, notification: &Outgoing, authorization: &HeaderValue) -> Result<Accepted, Refusal> {
-        let mut headers = HeaderMap::with_capacity(8);
-        headers.insert(AUTHORIZATION, authorization.clone());
-        headers.insert(APNS_TOPIC, self.topic.clone());
-        headers.insert(APNS_PUSH_TYPE, HeaderValue::from_static("alert"));
-        headers.insert(APNS_PRIORITY, HeaderValue::from_static(notification.priority));
-        // The engine carries no per-message expiry yet: 0 asks APNs to try once and not store it.
-        headers.insert(APNS_EXPIRATION, HeaderValue::from_static("0"));
-        if let Some(id) = &notification.apns_id {
-            headers.insert(APNS_ID, id.clone());
-        }
-        let sent = self.sends.post_json(notification.uri.clone(), headers, notification.payload.clone()).await;
+        let headers = [
+            (AUTHORIZATION, authorization.clone()),
+            (APNS_TOPIC, self.topic.clone()),
+            (APNS_PUSH_TYPE, HeaderValue::from_static("alert")),
+            (APNS_PRIORITY, HeaderValue::from_static(notification.priority)),
+            // The engine carries no per-message expiry yet: 0 asks APNs to try once and not store it.
+            (APNS_EXPIRATION, HeaderValue::from_static("0")),
+            (APNS_ID, notification.apns_id.clone().unwrap_or_else(|| HeaderValue::from_static(""))),
+        ];
+        // `apns-id` only when there is one.
+        let headers = if notification.apns_id.is_some() { &headers[..] } else { &headers[..headers.len() - 1] };
+        let sent = self.sends.post_json(&notification.uri, headers, notification.payload.clone()).await;
         let answer = match sent {
             Ok(answer) => answer,
             Err(message) => return Err((ApnsError::Transport, message, None)),

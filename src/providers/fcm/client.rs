@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::http::header::AUTHORIZATION;
-use ::http::{HeaderMap, HeaderValue, Uri};
+use ::http::{HeaderValue, Uri};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use super::{FcmError, FcmSettings};
 use crate::domain::{Address, Platform, Priority, ProviderKind};
 use crate::providers::dev_credentials::FCM_SERVICE_ACCOUNT_JSON;
 use crate::providers::http::HttpClients;
-use crate::providers::http2::Http2Client;
+use crate::providers::http2::{Answer, Http2Client};
 use crate::providers::{Accepted, BuildError, Provider, ProviderError, SendRequest, http, log_refusal, wrong_address};
 
 /// Sends Android and web push through FCM.
@@ -66,30 +66,23 @@ impl FcmClient {
         Ok(FcmClient { sends: http.http2("fcm", &base)?, uri, tokens })
     }
 
-    /// One POST of the serialized message; an error answer comes back classified.
-    async fn post(&self, authorization: HeaderValue, body: Bytes) -> Result<Accepted, Refusal> {
-        let mut headers = HeaderMap::with_capacity(3);
-        headers.insert(AUTHORIZATION, authorization);
-        let answer = match self.sends.post_json(self.uri.clone(), headers, body).await {
-            Ok(answer) => answer,
-            Err(message) => return Err((FcmError::Transport, message, None)),
-        };
-        let (status, bytes) = (answer.status, answer.body);
-        let retry_after = http::retry_after(&answer.headers);
-        if (200..300).contains(&status) {
-            let name = serde_json::from_slice::<SendAnswer>(&bytes).ok().and_then(|a| a.name);
-            return Ok(Accepted::Delivered { provider_message_id: name });
-        }
-        let (error, message) = classify(status, &bytes);
-        Err((error, message, retry_after))
-    }
-
     async fn authorization(&self, token: &str) -> Result<HeaderValue, ProviderError> {
         self.tokens
             .header()
             .await
             .map_err(|TokenFailure { error, message, retry_after }| refused(error, message, retry_after, token))
     }
+}
+
+/// Reads FCM's answer to one POST: an error answer comes back classified.
+fn read_answer(answer: Result<Answer, String>) -> Result<Accepted, Refusal> {
+    let answer = answer.map_err(|message| (FcmError::Transport, message, None))?;
+    if (200..300).contains(&answer.status) {
+        let name = serde_json::from_slice::<SendAnswer>(&answer.body).ok().and_then(|a| a.name);
+        return Ok(Accepted::Delivered { provider_message_id: name });
+    }
+    let (error, message) = classify(answer.status, &answer.body);
+    Err((error, message, http::retry_after(&answer.headers)))
 }
 
 /// A classified error answer: the error, its message, the `Retry-After` wait.
@@ -130,33 +123,40 @@ impl Provider for FcmClient {
         let Address::Device { token, platform } = &request.address else {
             return Err(wrong_address(ProviderKind::Fcm, &request.address));
         };
-        let body = SendBody {
-            message: Message {
-                token,
-                notification: Notification { title: request.content.title.as_deref(), body: &request.content.body },
-                data: Data { herald_delivery_id: &request.delivery_id },
-                android: Android { priority: android_priority(request.priority) },
-                apns: (*platform == Platform::Ios)
-                    .then(|| Apns { headers: ApnsHeaders { priority: apns_priority(request.priority) } }),
-            },
-        };
         // Serialized once: a retry with a fresh token sends the same bytes.
-        // Sized up front (the fixed fields take ~170 bytes): growing from serde_json's 128 bytes copied it two or
-        // three times.
-        let title = request.content.title.as_ref().map_or(0, String::len);
-        let mut bytes = Vec::with_capacity(224 + token.len() + title + request.content.body.len());
-        serde_json::to_writer(&mut bytes, &body).expect("the FCM message serializes");
-        let body = Bytes::from(bytes);
-        let authorization = self.authorization(token).await?;
-        let mut outcome = self.post(authorization.clone(), body.clone()).await;
+        let body = message_body(request, token, *platform);
+        let mut headers = [(AUTHORIZATION, self.authorization(token).await?)];
+        let mut outcome = read_answer(self.sends.post_json(&self.uri, &headers, body.clone()).await);
         if matches!(outcome, Err((FcmError::Unauthenticated, ..))) {
             // FCM no longer takes this token (revoked, expired early, our clock off): drop it and try once more
             // with a fresh one. A second refusal is reported (retryable, alerting).
-            self.tokens.invalidate(&authorization);
-            outcome = self.post(self.authorization(token).await?, body).await;
+            self.tokens.invalidate(&headers[0].1);
+            headers[0].1 = self.authorization(token).await?;
+            outcome = read_answer(self.sends.post_json(&self.uri, &headers, body).await);
         }
         outcome.map_err(|(error, message, retry_after)| refused(error, message, retry_after, token))
     }
+}
+
+/// The `messages:send` body for `request` to device `token`. A plain function, so that none of its temporaries
+/// take room in the send's future.
+fn message_body(request: &SendRequest, token: &str, platform: Platform) -> Bytes {
+    let body = SendBody {
+        message: Message {
+            token,
+            notification: Notification { title: request.content.title.as_deref(), body: &request.content.body },
+            data: Data { herald_delivery_id: &request.delivery_id },
+            android: Android { priority: android_priority(request.priority) },
+            apns: (platform == Platform::Ios)
+                .then(|| Apns { headers: ApnsHeaders { priority: apns_priority(request.priority) } }),
+        },
+    };
+    // Sized up front (the fixed fields take ~170 bytes): growing from serde_json's 128 bytes copied it two or
+    // three times.
+    let title = request.content.title.as_ref().map_or(0, String::len);
+    let mut bytes = Vec::with_capacity(224 + token.len() + title + request.content.body.len());
+    serde_json::to_writer(&mut bytes, &body).expect("the FCM message serializes");
+    Bytes::from(bytes)
 }
 
 fn refused(error: FcmError, message: String, retry_after: Option<Duration>, token: &str) -> ProviderError {
@@ -418,6 +418,19 @@ mod tests {
         assert_eq!(error.retry_after, Some(Duration::from_secs(30)));
         let error = client.send(&push("date", Priority::Normal)).await.unwrap_err();
         assert!(error.retry_after.unwrap() > Duration::from_secs(365 * 24 * 3600));
+    }
+
+    /// Every send allocates its future and copies it through each layer of `async fn`s. Connecting, the token
+    /// exchange and the second try are boxed so that their kilobytes of state are not part of it (it was 8 KiB;
+    /// the copies and the allocator's slow path took ~4% of Herald's CPU at a 35,000/s spike), and it stays
+    /// within mimalloc's small objects (1 KiB), which take its fast path.
+    #[tokio::test]
+    async fn a_send_future_stays_small() {
+        let client = client(&dead_base_url().await);
+        let request = push("token-1", Priority::High);
+        let send = Provider::send(&client, &request);
+        let size = std::mem::size_of_val(&*send);
+        assert!(size <= 1024, "a send's future takes {size} bytes");
     }
 
     #[tokio::test]

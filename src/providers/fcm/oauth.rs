@@ -156,7 +156,8 @@ impl AccessTokens {
 
     /// One assertion-for-token exchange; the new token is cached.
     async fn exchange(&self) -> Result<HeaderValue, TokenFailure> {
-        let result = self.exchange_once().await;
+        // Boxed: the HTTP exchange's state is large, and a send's future would otherwise carry it on every send.
+        let result = Box::pin(self.exchange_once()).await;
         self.exchanges.fetch_add(1, Ordering::Release);
         let (header, cached) = result?;
         *self.current.write() = Some(cached);
