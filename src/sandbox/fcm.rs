@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::SandboxState;
 use super::faults::Verdict;
 use super::http::{bearer, new_message_id};
+use super::journal::Reference;
 use super::record::Incoming;
 use crate::domain::ProviderKind;
 use crate::domain::contact::mask;
@@ -188,11 +189,20 @@ async fn handle(state: &SandboxState, project: &str, headers: &HeaderMap, body: 
     };
     let reference = message.data.and_then(|mut data| data.remove("herald_delivery_id"));
     tracing::debug!(to = %mask(&target), "sandbox fcm accepted");
+    let mut response = Json(Named { name: &name }).into_response();
+    // The request log takes the reference from here instead of parsing the body a second time.
+    response.extensions_mut().insert(Reference(reference.clone()));
     state.record.push(
         ProviderKind::Fcm,
-        Incoming { to: target, title, body: text, html: None, reference, provider_message_id: name.clone() },
+        Incoming { to: target, title, body: text, html: None, reference, provider_message_id: name },
     );
-    Ok(Json(json!({"name": name})).into_response())
+    Ok(response)
+}
+
+/// FCM's answer to a send.
+#[derive(serde::Serialize)]
+struct Named<'a> {
+    name: &'a str,
 }
 
 /// The one target of the message, as recorded: the token, `/topics/<topic>` or the condition.
@@ -218,14 +228,29 @@ fn target(message: &Message) -> Result<String, FcmError> {
 }
 
 fn check_payload(message: &Message) -> Result<(), FcmError> {
-    let size = |value: Result<String, serde_json::Error>| value.map_or(0, |s| s.len());
-    let bytes = size(serde_json::to_string(&message.notification)) + size(serde_json::to_string(&message.data));
+    let bytes = json_len(&message.notification) + json_len(&message.data);
     if bytes > MAX_PAYLOAD_BYTES {
         return Err(FcmError::InvalidArgument(format!(
             "Message payload is {bytes} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes"
         )));
     }
     Ok(())
+}
+
+/// The length of `value`'s JSON, counted as it is written rather than built.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(0, |()| count.0)
 }
 
 /// The Android options FCM rejects most often: an unknown priority or a TTL not written as seconds (`"3.5s"`).

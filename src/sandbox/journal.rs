@@ -3,8 +3,9 @@
 //! failed or dropped). Both keep only the most recent entries, so a long load run cannot grow them without bound.
 //!
 //! The request log is filled by [`layer`], an axum middleware around the provider routes: it notes the arrival
-//! time, reads the delivery reference from the body, opens the [`DRAWN`] slot the fault draw writes to, and after
-//! the handler answers sets `Retry-After` for injected waits and logs the entry. Token requests (`/v1/token`) and
+//! time, opens the [`DRAWN`] slot the fault draw writes to, and after the handler answers sets `Retry-After` for
+//! injected waits and logs the entry with the delivery reference (the one the handler read, see [`Reference`], or
+//! else read from the body here). Token requests (`/v1/token`) and
 //! the admin API are not logged; SMTP is not logged either (it has no HTTP request to wrap).
 
 use std::cell::Cell;
@@ -243,10 +244,10 @@ fn reference_of(provider: ProviderKind, body: &[u8]) -> Option<String> {
     }
     #[derive(Deserialize)]
     struct FcmMessage {
-        data: Option<Reference>,
+        data: Option<DeliveryId>,
     }
     #[derive(Deserialize)]
-    struct Reference {
+    struct DeliveryId {
         herald_delivery_id: Option<String>,
     }
     #[derive(Deserialize)]
@@ -255,7 +256,7 @@ fn reference_of(provider: ProviderKind, body: &[u8]) -> Option<String> {
     }
     match provider {
         ProviderKind::Fcm => serde_json::from_slice::<Fcm>(body).ok()?.message.data?.herald_delivery_id,
-        ProviderKind::Apns => serde_json::from_slice::<Reference>(body).ok()?.herald_delivery_id,
+        ProviderKind::Apns => serde_json::from_slice::<DeliveryId>(body).ok()?.herald_delivery_id,
         ProviderKind::Bizppurio => serde_json::from_slice::<Bizppurio>(body).ok()?.refkey,
         ProviderKind::Twilio => {
             let params: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
@@ -288,8 +289,7 @@ pub(crate) async fn layer(State(state): State<Arc<SandboxState>>, request: Reque
         state.journal.request(provider, at_ms, StatusCode::PAYLOAD_TOO_LARGE.as_u16(), None, None);
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
-    let reference = reference_of(provider, &bytes);
-    let request = Request::from_parts(parts, Body::from(bytes));
+    let request = Request::from_parts(parts, Body::from(bytes.clone()));
     let (mut response, drawn) = DRAWN
         .scope(Cell::new(None), async {
             let response = next.run(request).await;
@@ -300,9 +300,18 @@ pub(crate) async fn layer(State(state): State<Arc<SandboxState>>, request: Reque
         faults::set_retry_after(&mut response, verdict, retry_after_s);
         injected(verdict)
     });
+    let reference = match response.extensions_mut().remove::<Reference>() {
+        Some(Reference(reference)) => reference,
+        None => reference_of(provider, &bytes),
+    };
     state.journal.request(provider, at_ms, response.status().as_u16(), fault, reference);
     response
 }
+
+/// Herald's delivery id as a handler read it from the request it answered: the layer logs it instead of parsing
+/// the body again (it parses the body only when the answer carries none of these).
+#[derive(Clone)]
+pub(crate) struct Reference(pub Option<String>);
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 //! what it read (`forget_through`), so the record only holds what nobody has read yet.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -66,8 +67,9 @@ impl Filter {
 #[derive(Default)]
 struct Inner {
     next_seq: u64,
-    /// In seq order; the front is dropped by `forget_through`.
-    messages: VecDeque<ReceivedMessage>,
+    /// In seq order; the front is dropped by `forget_through`. Shared, so that a query copies pointers under
+    /// the lock rather than every message's strings (the load generator pages through all of them).
+    messages: VecDeque<Arc<ReceivedMessage>>,
 }
 
 /// The append-only (until cleared) list of accepted messages.
@@ -84,7 +86,7 @@ impl Record {
         let mut inner = self.inner.lock();
         inner.next_seq += 1;
         let seq = inner.next_seq;
-        inner.messages.push_back(ReceivedMessage {
+        inner.messages.push_back(Arc::new(ReceivedMessage {
             seq,
             channel: provider.channel(),
             provider,
@@ -95,17 +97,17 @@ impl Record {
             reference: incoming.reference,
             provider_message_id: incoming.provider_message_id,
             received_at,
-        });
+        }));
         seq
     }
 
     /// A copy of every record, in arrival order.
     pub fn snapshot(&self) -> Vec<ReceivedMessage> {
-        self.inner.lock().messages.iter().cloned().collect()
+        self.inner.lock().messages.iter().map(|m| ReceivedMessage::clone(m)).collect()
     }
 
     /// A copy of the matching records, in arrival order.
-    pub fn query(&self, filter: &Filter) -> Vec<ReceivedMessage> {
+    pub fn query(&self, filter: &Filter) -> Vec<Arc<ReceivedMessage>> {
         let inner = self.inner.lock();
         // Seqs are increasing, so `after` is a binary search rather than a scan.
         let start = filter.after.map_or(0, |after| inner.messages.partition_point(|m| m.seq <= after));
