@@ -14,7 +14,9 @@ pub type DeliveryId = String;
 
 /// A new time-ordered id.
 pub fn new_id() -> String {
-    uuid::Uuid::now_v7().simple().to_string()
+    // Encoded into a buffer and copied once: `to_string` goes through `Display` and grows the string three times.
+    let mut buffer = uuid::Uuid::encode_buffer();
+    String::from(uuid::Uuid::now_v7().simple().encode_lower(&mut buffer) as &str)
 }
 
 /// Status of a notification as a whole.
@@ -281,6 +283,16 @@ pub struct InboxItem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_32_lowercase_hex_digits_in_creation_order() {
+        let (first, second) = (new_id(), new_id());
+        for id in [&first, &second] {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
+        }
+        assert!(first < second, "{first} then {second}");
+    }
 
     fn delivery() -> Delivery {
         Delivery {

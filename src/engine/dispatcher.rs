@@ -97,8 +97,8 @@ pub struct Release {
 
 /// Messages of a dispatcher.
 pub enum DispatcherMsg {
-    /// A new job, in acceptance order.
-    Dispatch(DeliveryJob),
+    /// New jobs, in acceptance order.
+    Dispatch(Vec<DeliveryJob>),
     /// Outcomes recorded by one shard commit, in order.
     Release(Vec<Release>),
     /// A retry's backoff is over.
@@ -146,11 +146,6 @@ pub struct DispatcherHandle {
 }
 
 impl DispatcherHandle {
-    pub fn dispatch(&self, job: DeliveryJob) {
-        self.queued.add(job.priority());
-        self.dispatch_reserved(job);
-    }
-
     /// Counts `job` as queued ahead of its dispatch (it waits for a commit first), so admission and the
     /// scheduled sends' room check see it; [`DispatcherHandle::dispatch_reserved`] or
     /// [`DispatcherHandle::unreserve`] must follow.
@@ -162,9 +157,12 @@ impl DispatcherHandle {
         self.queued.sub(job.priority());
     }
 
-    /// Dispatches a job already counted by [`DispatcherHandle::reserve`].
-    pub fn dispatch_reserved(&self, job: DeliveryJob) {
-        if let Err(e) = self.actor.cast(DispatcherMsg::Dispatch(job)) {
+    /// Dispatches jobs already counted by [`DispatcherHandle::reserve`], in order, as one message.
+    pub fn dispatch_reserved(&self, jobs: Vec<DeliveryJob>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.actor.cast(DispatcherMsg::Dispatch(jobs)) {
             tracing::error!(error = %e, "dispatcher is gone; delivery left for restart recovery");
         }
     }
@@ -256,7 +254,11 @@ impl Actor for Dispatcher {
         state: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            DispatcherMsg::Dispatch(job) => state.enqueue(job, false),
+            DispatcherMsg::Dispatch(jobs) => {
+                for job in jobs {
+                    state.enqueue(job, false);
+                }
+            }
             DispatcherMsg::Release(releases) => {
                 for Release { delivery, retry } in releases {
                     state.release(&myself, &delivery.owner, retry);

@@ -125,9 +125,8 @@ impl EngineCtx {
     }
 
     fn dispatch_all(&self, jobs: Vec<DeliveryJob>) {
-        for job in jobs {
-            self.dispatcher(job.provider()).dispatch(job);
-        }
+        self.reserve_all(&jobs);
+        self.dispatch_reserved(jobs);
     }
 
     /// Counts `jobs` as queued before their commit (fired scheduled sends: `shard/held.rs`); then
@@ -138,9 +137,20 @@ impl EngineCtx {
         }
     }
 
-    fn dispatch_reserved(&self, jobs: Vec<DeliveryJob>) {
-        for job in jobs {
-            self.dispatcher(job.provider()).dispatch_reserved(job);
+    /// Hands `jobs` to their dispatchers, one message per dispatcher (a fired batch or a commit's follow-ups
+    /// are mostly for one provider), each in the order of `jobs`.
+    fn dispatch_reserved(&self, mut jobs: Vec<DeliveryJob>) {
+        while let Some(provider) = jobs.first().map(DeliveryJob::provider) {
+            let others = match jobs.iter().position(|j| j.provider() != provider) {
+                None => Vec::new(),
+                Some(_) => {
+                    let (mine, others) = jobs.into_iter().partition(|j| j.provider() == provider);
+                    jobs = mine;
+                    others
+                }
+            };
+            self.dispatcher(provider).dispatch_reserved(jobs);
+            jobs = others;
         }
     }
 
