@@ -161,11 +161,7 @@ impl ShardState {
                 writes,
                 Box::new(move |result| match result {
                     Ok(()) => {
-                        landed(&ctx, &landing);
-                        let reads = ctx.sched_reads.load(Ordering::Acquire);
-                        for (_, _, landed) in &left {
-                            landed.store(reads, Ordering::Release);
-                        }
+                        landed(&ctx, landing.iter().chain(left.iter().map(|(_, _, landed)| landed)));
                         ctx.dispatch_reserved(jobs);
                     }
                     Err(e) => {
@@ -278,7 +274,7 @@ impl ShardState {
         let now = self.ctx.clock.now();
         notification.status = NotificationStatus::Cancelled;
         notification.updated_at = now;
-        let landed = self.leave_scheduled(&id);
+        let left = self.leave_scheduled(&id);
         let ctx = self.ctx.clone();
         let mut writes = Vec::with_capacity(2);
         count_campaign_final(&notification, 1, &mut writes);
@@ -287,7 +283,7 @@ impl ShardState {
             writes,
             Box::new(move |result| {
                 if result.is_ok() {
-                    landed.store(ctx.sched_reads.load(Ordering::Acquire), Ordering::Release);
+                    landed(&ctx, [&left]);
                 }
                 let _ = reply.send(result.map(|()| NotificationStatus::Cancelled).map_err(Into::into));
             }),
@@ -392,12 +388,10 @@ fn ceil_ms(t: Timestamp) -> Timestamp {
     if floor < t { floor.checked_add(Duration::from_millis(1)).unwrap_or(t) } else { floor }
 }
 
-/// The notifications in `landing` were written for the first time since they fired unsaved, and that commit
-/// has landed: loader reads that start from now on see them as they are, so the shard may forget them.
-pub(super) fn landed(ctx: &EngineCtx, landing: &[Arc<AtomicU64>]) {
-    if landing.is_empty() {
-        return;
-    }
+/// The commit that took the notifications of `landing` out of the scheduled state (a fire, a cancel, the first
+/// write of a send fired unsaved) has landed: loader reads that start from now on see them as they are, so the
+/// shard may forget them once those reads are over (`left_scheduled`).
+pub(super) fn landed<'a>(ctx: &EngineCtx, landing: impl IntoIterator<Item = &'a Arc<AtomicU64>>) {
     let reads = ctx.sched_reads.load(Ordering::Acquire);
     for landed in landing {
         landed.store(reads, Ordering::Release);
