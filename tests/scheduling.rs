@@ -249,8 +249,12 @@ fn metric_sum(text: &str, prefix: &str) -> i64 {
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok()).sum()
 }
 
-/// Reads `/metrics` again and again until `done` holds for the latest sums of `prefixes` (at most 30 s);
+/// Reads `/metrics` every millisecond until `done` holds for the latest sums of `prefixes` (at most 30 s);
 /// returns the highest sum of each seen meanwhile.
+///
+/// Not back to back: two tests doing that kept both cores busy, and one `fdatasync` of the store's log in
+/// ten runs then waited for the kernel's writeback until a test gave up (measured 28.9 s, `folio_wait_writeback`),
+/// so the sends behind it never went out. A millisecond apart, a send (20 ms here) is still seen many times.
 async fn peaks_until<const N: usize>(app: &TestApp, prefixes: [&str; N], done: impl Fn(&[i64; N]) -> bool) -> [i64; N] {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut peaks = [0; N];
@@ -264,6 +268,7 @@ async fn peaks_until<const N: usize>(app: &TestApp, prefixes: [&str; N], done: i
             return peaks;
         }
         assert!(std::time::Instant::now() < deadline, "still waiting after 30 s; last {prefixes:?} = {latest:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
