@@ -159,7 +159,7 @@ async fn handle(state: &SandboxState, project: &str, headers: &HeaderMap, body: 
         .map_err(|e| FcmError::InvalidArgument(format!("Invalid JSON payload received. {e}")))?;
     let message = request.message;
     let target = target(&message)?;
-    check_payload(&message)?;
+    check_payload(&message, body.len())?;
     if let Some(android) = &message.android {
         check_android(android)?;
     }
@@ -227,7 +227,12 @@ fn target(message: &Message) -> Result<String, FcmError> {
     Ok(target)
 }
 
-fn check_payload(message: &Message) -> Result<(), FcmError> {
+/// FCM's 4 KiB limit on notification + data. A body no larger than the limit cannot hold more (both are strings
+/// written back compactly, never longer than they came), so only larger bodies are measured.
+fn check_payload(message: &Message, body_len: usize) -> Result<(), FcmError> {
+    if body_len <= MAX_PAYLOAD_BYTES {
+        return Ok(());
+    }
     let bytes = json_len(&message.notification) + json_len(&message.data);
     if bytes > MAX_PAYLOAD_BYTES {
         return Err(FcmError::InvalidArgument(format!(
@@ -292,6 +297,24 @@ mod tests {
         {
             assert!(check_android(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_payload_limit_counts_notification_and_data_as_written_back() {
+        let check = |body: &str| {
+            let request: SendBody = serde_json::from_str(body).unwrap();
+            check_payload(&request.message, body.len())
+        };
+        // Escapes come back no longer than they came (`\u00e9` as two bytes of UTF-8): a body under the limit is.
+        let escaped = format!(r#"{{"message": {{"token": "t", "data": {{"k": "{}"}}}}}}"#, r#"\u00e9\n\""#.repeat(300));
+        let request: SendBody = serde_json::from_str(&escaped).unwrap();
+        assert!(json_len(&request.message.data) < escaped.len() && escaped.len() <= MAX_PAYLOAD_BYTES);
+        assert!(check(&escaped).is_ok());
+        // Larger bodies are measured: 1,000 two-byte characters fit, 2,100 do not.
+        let sized =
+            |n: usize| format!(r#"{{"message": {{"token": "t", "data": {{"k": "{}"}}}}}}"#, "\\u00e9".repeat(n));
+        assert!(check(&sized(1000)).is_ok());
+        assert!(check(&sized(2100)).is_err());
     }
 
     #[test]
