@@ -1,6 +1,8 @@
-//! [`Key`]: an id as the in-memory indexes keep it. Herald's own ids (notifications, deliveries, sequences,
-//! campaigns, inbox items) are 32 lowercase hex digits, packed here into 16 bytes; any other id (user ids,
-//! template ids) stays text. Keys order exactly as their text does, so a range over keys is a range over ids.
+//! [`Key`]: an id as the in-memory indexes keep it (the embedded store's index, a shard's timers, held sends and
+//! left-scheduled set). Herald's own ids (notifications, deliveries, sequences, campaigns, inbox items) are 32
+//! lowercase hex digits, packed here into 16 bytes: no allocation to copy one, a short hash, a 16-byte compare;
+//! any other id (user ids, template ids, ids a client chose) stays text. Keys order exactly as their text does,
+//! so a range over keys is a range over ids.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -21,9 +23,34 @@ impl Key {
         }
     }
 
+    /// The id as text, without allocating.
+    pub fn text(&self) -> KeyText<'_> {
+        match self {
+            Key::Hex(bytes) => KeyText::Hex(hex_digits(bytes)),
+            Key::Text(text) => KeyText::Text(text),
+        }
+    }
+
     /// The smallest key (the empty text): where a range over every key of a pair's second part starts.
     pub fn min() -> Key {
         Key::Text(Box::default())
+    }
+}
+
+/// A [`Key`]'s text: the 32 digits on the stack, or the text it holds.
+pub enum KeyText<'a> {
+    Hex([u8; 32]),
+    Text(&'a str),
+}
+
+impl std::ops::Deref for KeyText<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            KeyText::Hex(digits) => std::str::from_utf8(digits).expect("hex digits are ASCII"),
+            KeyText::Text(text) => text,
+        }
     }
 }
 
@@ -96,9 +123,11 @@ mod tests {
         let id = "0192f0c2a1b34c5d8e9fa0b1c2d3e4f5";
         assert!(matches!(Key::new(id), Key::Hex(_)));
         assert_eq!(Key::new(id).to_string(), id);
+        assert_eq!(&*Key::new(id).text(), id);
         for other in ["user-1", "0192F0C2A1B34C5D8E9FA0B1C2D3E4F5", "0192f0c2a1b34c5d8e9fa0b1c2d3e4f", ""] {
             assert!(matches!(Key::new(other), Key::Text(_)), "{other}");
             assert_eq!(Key::new(other).to_string(), other);
+            assert_eq!(&*Key::new(other).text(), other);
         }
     }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod hash;
+pub mod key;
 pub mod providers;
 pub mod sandbox;
 pub mod server;

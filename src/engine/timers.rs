@@ -13,14 +13,16 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::hash::HashMap;
+use crate::key::Key;
 
-/// What a timer is for.
+/// What a timer is for, by the id's [`Key`]: a spike's due sends are each copied into both maps below and then
+/// into the shard's held queue, so a copy is 16 bytes, not an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TimerKey {
     /// A scheduled notification is due.
-    Send(String),
+    Send(Key),
     /// A sequence's running step has used up its `step_timeout`.
-    Step(String),
+    Step(Key),
 }
 
 /// The engine's wall clock: the system clock plus an offset that only tests move.
@@ -131,12 +133,12 @@ mod tests {
     #[test]
     fn timers_pop_in_due_order_and_only_when_due() {
         let mut t = Timers::default();
-        t.insert(TimerKey::Send("b".into()), at(20));
-        t.insert(TimerKey::Send("a".into()), at(10));
-        t.insert(TimerKey::Step("s".into()), at(10));
+        t.insert(TimerKey::Send(Key::new("b")), at(20));
+        t.insert(TimerKey::Send(Key::new("a")), at(10));
+        t.insert(TimerKey::Step(Key::new("s")), at(10));
         assert!(t.pop_due(at(9)).is_empty());
         let due: Vec<_> = t.pop_due(at(10)).into_iter().map(|(_, k)| k).collect();
-        assert_eq!(due, [TimerKey::Send("a".into()), TimerKey::Step("s".into())]);
+        assert_eq!(due, [TimerKey::Send(Key::new("a")), TimerKey::Step(Key::new("s"))]);
         assert_eq!(t.pop_due(at(100)).len(), 1);
         assert!(t.due_of.is_empty() && t.by_due.is_empty());
     }
@@ -144,7 +146,7 @@ mod tests {
     #[test]
     fn moving_or_removing_a_timer_leaves_no_stale_entry() {
         let mut t = Timers::default();
-        let key = TimerKey::Send("n".into());
+        let key = TimerKey::Send(Key::new("n"));
         t.insert(key.clone(), at(10));
         t.insert(key.clone(), at(30));
         assert!(t.pop_due(at(20)).is_empty(), "the old due time is gone");
@@ -159,13 +161,13 @@ mod tests {
     fn scheduled_sends_are_counted_while_they_wait() {
         let sends = Arc::new(AtomicI64::new(0));
         let mut t = Timers::counting(sends.clone());
-        t.insert(TimerKey::Send("a".into()), at(10));
-        t.insert(TimerKey::Send("a".into()), at(20));
-        t.insert(TimerKey::Send("b".into()), at(30));
-        t.insert(TimerKey::Step("s".into()), at(10));
+        t.insert(TimerKey::Send(Key::new("a")), at(10));
+        t.insert(TimerKey::Send(Key::new("a")), at(20));
+        t.insert(TimerKey::Send(Key::new("b")), at(30));
+        t.insert(TimerKey::Step(Key::new("s")), at(10));
         assert_eq!(sends.load(Ordering::Relaxed), 2, "moved timers and step deadlines are not counted again");
-        t.remove(&TimerKey::Send("b".into()));
-        t.remove(&TimerKey::Send("b".into()));
+        t.remove(&TimerKey::Send(Key::new("b")));
+        t.remove(&TimerKey::Send(Key::new("b")));
         assert_eq!(sends.load(Ordering::Relaxed), 1);
         assert_eq!(t.pop_due(at(25)).len(), 2);
         assert_eq!(sends.load(Ordering::Relaxed), 0);
@@ -175,10 +177,10 @@ mod tests {
     fn arming_happens_once_per_earliest_deadline() {
         let mut t = Timers::default();
         assert_eq!(t.arm(), None);
-        t.insert(TimerKey::Send("a".into()), at(10));
+        t.insert(TimerKey::Send(Key::new("a")), at(10));
         assert_eq!(t.arm(), Some(at(10)));
         assert_eq!(t.arm(), None, "already armed for it");
-        t.insert(TimerKey::Send("b".into()), at(5));
+        t.insert(TimerKey::Send(Key::new("b")), at(5));
         assert_eq!(t.arm(), Some(at(5)), "an earlier timer re-arms");
         t.fired();
         assert_eq!(t.arm(), Some(at(5)));

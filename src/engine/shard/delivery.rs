@@ -11,6 +11,7 @@ use ractor::ActorRef;
 use crate::domain::{
     Channel, Delivery, DeliveryStatus, EventKind, Notification, NotificationStatus, ProviderKind, User,
 };
+use crate::key::Key;
 use crate::providers::{Accepted, ErrorClass, Report, ReportOutcome};
 use crate::store::{StoredNotification, Write};
 use crate::telemetry::Outcome;
@@ -189,7 +190,7 @@ impl ShardState {
             open.unsaved = false;
             changed = true;
             writes.extend(open.deliveries.iter().map(|d| Write::PutDelivery(d.clone())));
-            if let Some(landed) = self.left_scheduled.get(id) {
+            if let Some(landed) = self.left_scheduled.get(&Key::new(id)) {
                 self.landing.push(landed.clone());
             }
         }
@@ -395,7 +396,7 @@ impl ShardState {
         reply: Reply<NotificationStatus>,
     ) {
         let id = stored.notification.id.as_str();
-        if !self.open.contains_key(id) && self.left_scheduled.contains_key(id) {
+        if !self.open.contains_key(id) && self.left_scheduled.contains_key(&Key::new(id)) {
             // It left `scheduled` here and is final, but the store may not show it yet (a send fired unsaved).
             return drop(reply.send(Err(EngineError::Conflict("notification is already final".into()))));
         }

@@ -22,8 +22,9 @@ use std::time::Duration;
 use ractor::ActorRef;
 
 use crate::domain::{Notification, NotificationStatus, ProviderKind};
+use crate::key::Key;
 
-use super::{NotificationId, ShardMsg, ShardState};
+use super::{ShardMsg, ShardState};
 
 /// How long a shard waits before looking again at sends held for a provider's room.
 const RETRY: Duration = Duration::from_millis(10);
@@ -31,7 +32,7 @@ const RETRY: Duration = Duration::from_millis(10);
 /// Held due sends, one FIFO per provider.
 #[derive(Default)]
 pub(super) struct Held {
-    queues: [VecDeque<NotificationId>; ProviderKind::ALL.len()],
+    queues: [VecDeque<Key>; ProviderKind::ALL.len()],
     /// A [`ShardMsg::HeldDue`] is on its way.
     wake_pending: bool,
 }
@@ -58,17 +59,18 @@ impl ShardState {
         self.ctx.backed_up(&n.channels, n.priority, |capacity| (capacity / 2).clamp(1, fire_ahead))
     }
 
-    pub(super) fn hold(&mut self, kind: ProviderKind, id: NotificationId) {
+    pub(super) fn hold(&mut self, kind: ProviderKind, id: Key) {
         self.held.queues[kind.index()].push_back(id);
         self.ctx.telemetry.held_changed(1);
     }
 
     /// The next held send that may fire now, in due order per provider; held sends no longer scheduled
     /// (cancelled meanwhile) are dropped on the way.
-    pub(super) fn next_unheld(&mut self) -> Option<NotificationId> {
+    pub(super) fn next_unheld(&mut self) -> Option<Key> {
         for k in 0..self.held.queues.len() {
             while let Some(id) = self.held.queues[k].front() {
-                let waiting = self.open.get(id).filter(|o| o.notification.status == NotificationStatus::Scheduled);
+                let waiting =
+                    self.open.get(&*id.text()).filter(|o| o.notification.status == NotificationStatus::Scheduled);
                 match waiting {
                     Some(open) if self.without_room(&open.notification).is_some() => break,
                     _ => {

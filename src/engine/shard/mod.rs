@@ -18,6 +18,7 @@ use crate::domain::{
     Preferences, Sequence, SequenceId, User,
 };
 use crate::hash::HashMap;
+use crate::key::Key;
 use crate::providers::{Accepted, ProviderError, Report};
 use crate::store::{StoredNotification, Write};
 use crate::telemetry::Outcome;
@@ -206,7 +207,7 @@ pub struct ShardState {
     sched_until: Timestamp,
     /// Scheduled notifications that left the scheduled state here, with the loader's read count when that
     /// commit landed (`u64::MAX` until it lands): a loader read up to that count may still return them.
-    left_scheduled: HashMap<NotificationId, Arc<AtomicU64>>,
+    left_scheduled: HashMap<Key, Arc<AtomicU64>>,
     /// Entries of `left_scheduled` whose notification has just been written for the first time since it fired
     /// unsaved: the next commit's callback records that it landed (commits land in submission order).
     landing: Vec<Arc<AtomicU64>>,
@@ -392,8 +393,8 @@ impl ShardState {
     }
 
     fn forget(&mut self, id: &str) {
-        self.timers.remove(&TimerKey::Send(id.to_string()));
-        self.left_scheduled.remove(id);
+        self.timers.remove(&TimerKey::Send(Key::new(id)));
+        self.left_scheduled.remove(&Key::new(id));
         self.open.remove(id);
     }
 }

@@ -14,6 +14,7 @@ use ractor::ActorRef;
 
 use crate::domain::schedule::{quiet_hours_end, resolve_send_at};
 use crate::domain::{DeliveryStatus, Notification, NotificationStatus, Priority, User};
+use crate::key::Key;
 use crate::store::Write;
 
 use super::super::request::{AcceptReply, Claim, NewNotification, NotificationPatch, render};
@@ -79,7 +80,7 @@ impl ShardState {
         }
         let due = open.notification.send_at.unwrap_or(Timestamp::UNIX_EPOCH);
         if due <= self.sched_until {
-            self.timers.insert(TimerKey::Send(id.to_string()), due);
+            self.timers.insert(TimerKey::Send(Key::new(id)), due);
             self.arm_timers(me);
         } else {
             self.open.remove(id);
@@ -96,13 +97,13 @@ impl ShardState {
         for n in notifications {
             if n.status != NotificationStatus::Scheduled
                 || self.open.contains_key(&n.id)
-                || self.left_scheduled.contains_key(&n.id)
+                || self.left_scheduled.contains_key(&Key::new(&n.id))
             {
                 continue;
             }
             let due = n.send_at.unwrap_or(Timestamp::UNIX_EPOCH);
             let adhoc_user = stored_adhoc_user(&n);
-            self.timers.insert(TimerKey::Send(n.id.clone()), due);
+            self.timers.insert(TimerKey::Send(Key::new(&n.id)), due);
             self.open.insert(n.id.clone(), Open::new(n, Vec::new(), adhoc_user));
         }
         self.run_due_timers(me);
@@ -128,25 +129,28 @@ impl ShardState {
         let mut jobs = Vec::new();
         let mut left = Vec::new();
         let mut unsaved = Vec::new();
-        while let Some(id) = self.next_unheld() {
+        while let Some(key) = self.next_unheld() {
             let before = (jobs.len(), unsaved.len());
-            self.fire(me, &id, now, &mut writes, &mut jobs, &mut left, &mut unsaved);
+            self.fire(me, &key.text(), now, &mut writes, &mut jobs, &mut left, &mut unsaved);
             self.ctx.reserve_all(&jobs[before.0..]);
             self.ctx.reserve_all(&unsaved[before.1..]);
         }
         for (_, key) in due {
             let before = (jobs.len(), unsaved.len());
             match key {
-                TimerKey::Send(id) => match self
-                    .open
-                    .get(&id)
-                    .filter(|o| o.notification.status == NotificationStatus::Scheduled)
-                    .and_then(|o| self.hold_for(&o.notification))
-                {
-                    Some(kind) => self.hold(kind, id),
-                    None => self.fire(me, &id, now, &mut writes, &mut jobs, &mut left, &mut unsaved),
-                },
-                TimerKey::Step(id) => self.on_step_timeout(me, &id, &mut writes, &mut jobs),
+                TimerKey::Send(key) => {
+                    let id = key.text();
+                    match self
+                        .open
+                        .get(&*id)
+                        .filter(|o| o.notification.status == NotificationStatus::Scheduled)
+                        .and_then(|o| self.hold_for(&o.notification))
+                    {
+                        Some(kind) => self.hold(kind, key),
+                        None => self.fire(me, &id, now, &mut writes, &mut jobs, &mut left, &mut unsaved),
+                    }
+                }
+                TimerKey::Step(key) => self.on_step_timeout(me, &key.text(), &mut writes, &mut jobs),
             }
             self.ctx.reserve_all(&jobs[before.0..]);
             self.ctx.reserve_all(&unsaved[before.1..]);
@@ -224,7 +228,7 @@ impl ShardState {
             n.reason = Some("quiet_hours".into());
             writes.push(Write::PutNotification(open.notification.clone()));
             if end <= self.sched_until {
-                self.timers.insert(TimerKey::Send(id.to_string()), end);
+                self.timers.insert(TimerKey::Send(Key::new(id)), end);
             } else {
                 self.open.remove(id);
             }
@@ -259,7 +263,7 @@ impl ShardState {
     /// Remembers that `id` left the scheduled state here, until no loader read can return it any more.
     fn leave_scheduled(&mut self, id: &str) -> Arc<AtomicU64> {
         let landed = Arc::new(AtomicU64::new(u64::MAX));
-        self.left_scheduled.insert(id.to_string(), landed.clone());
+        self.left_scheduled.insert(Key::new(id), landed.clone());
         landed
     }
 
@@ -270,7 +274,7 @@ impl ShardState {
             Some(open) => Arc::unwrap_or_clone(open.notification),
             None => notification,
         };
-        self.timers.remove(&TimerKey::Send(id.clone()));
+        self.timers.remove(&TimerKey::Send(Key::new(&id)));
         let now = self.ctx.clock.now();
         notification.status = NotificationStatus::Cancelled;
         notification.updated_at = now;
@@ -339,7 +343,7 @@ impl ShardState {
             }
         }
         n.updated_at = now;
-        self.timers.remove(&TimerKey::Send(id.clone()));
+        self.timers.remove(&TimerKey::Send(Key::new(&id)));
         let record = Arc::new(n.clone());
         match self.open.get_mut(&id) {
             Some(open) => open.notification = record.clone(),

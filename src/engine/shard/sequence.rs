@@ -14,6 +14,7 @@ use ractor::ActorRef;
 use crate::domain::{
     Notification, NotificationStatus, OnFailure, Sequence, SequenceStatus, SequenceStep, StepRef, StepStatus,
 };
+use crate::key::Key;
 use crate::store::Write;
 
 use super::super::EngineError;
@@ -137,7 +138,7 @@ impl ShardState {
         step.status = StepStatus::Running;
         step.notification_id = Some(notification.id.clone());
         step.started_at = Some(now);
-        self.timers.insert(TimerKey::Step(sequence_id.to_string()), deadline);
+        self.timers.insert(TimerKey::Step(Key::new(sequence_id)), deadline);
         self.arm_timers(me);
         let id = notification.id.clone();
         self.open.insert(id.clone(), Open::new(notification, Vec::new(), None));
@@ -201,7 +202,7 @@ impl ShardState {
         writes: &mut Vec<Write>,
     ) -> Vec<DeliveryJob> {
         let now = self.ctx.clock.now();
-        self.timers.remove(&TimerKey::Step(sequence_id.to_string()));
+        self.timers.remove(&TimerKey::Step(Key::new(sequence_id)));
         let Some(sequence) = self.sequences.get_mut(sequence_id) else { return Vec::new() };
         let step = &mut sequence.steps[sequence.current];
         step.status = outcome;
@@ -234,7 +235,7 @@ impl ShardState {
             return drop(reply.send(Err(EngineError::Conflict("sequence is already final".into()))));
         };
         let now = self.ctx.clock.now();
-        self.timers.remove(&TimerKey::Step(id.to_string()));
+        self.timers.remove(&TimerKey::Step(Key::new(id)));
         let mut writes = Vec::new();
         let mut jobs = Vec::new();
         if let Some(step) = sequence.steps.get_mut(sequence.current) {
@@ -265,7 +266,7 @@ impl ShardState {
         for sequence in sequences {
             if let Some(started) = sequence.steps.get(sequence.current).and_then(|s| s.started_at) {
                 let deadline = started.checked_add(Duration::from_millis(sequence.step_timeout_ms)).unwrap_or(started);
-                self.timers.insert(TimerKey::Step(sequence.id.clone()), deadline);
+                self.timers.insert(TimerKey::Step(Key::new(&sequence.id)), deadline);
             }
             self.sequences.insert(sequence.id.clone(), sequence);
         }

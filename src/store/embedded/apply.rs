@@ -9,9 +9,9 @@ use jiff::Timestamp;
 
 use super::encode::{Op, from_json, to_json};
 use super::index::{Index, Loc};
-use super::key::Key;
 use super::segments::{Scanned, Segments};
 use crate::domain::{FinalCounts, InboxItem};
+use crate::key::Key;
 use crate::store::StoreError;
 
 /// Expired idempotency keys removed per checkpoint at most, so purging never makes one checkpoint slow.

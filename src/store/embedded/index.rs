@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::encode::Op;
-use super::key::Key;
 use crate::domain::{FinalCounts, NotificationStatus};
+use crate::key::Key;
 
 pub use crate::hash::HashMap;
 

@@ -17,7 +17,6 @@ mod compact;
 mod encode;
 mod import;
 mod index;
-mod key;
 mod read;
 mod segments;
 mod wal;

@@ -13,9 +13,9 @@ use super::apply::State;
 use super::binary;
 use super::encode::{Op, from_json, split_idempotency_value};
 use super::index::Loc;
-use super::key::Key;
 use super::segments::Located;
 use crate::domain::{Campaign, Channel, Delivery, IdempotencyEntry, InboxItem, Notification, Sequence, Template, User};
+use crate::key::Key;
 use crate::store::{Page, ScheduleCursor, StoreError, StoredNotification};
 
 pub fn users(state: &RwLock<State>) -> Result<Vec<User>, StoreError> {

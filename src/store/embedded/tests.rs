@@ -13,10 +13,10 @@ use super::apply::{self, State};
 use super::checkpoint::{Logged, coalesce};
 use super::encode::{Op, encode, split_idempotency_value};
 use super::index::Index;
-use super::key::Key;
 use super::segments::{self, Segments};
 use super::{EmbeddedStore, import};
 use crate::domain::*;
+use crate::key::Key;
 use crate::store::{Store, StoreError, Write};
 
 fn delivery(id: &str, channel: Channel, status: DeliveryStatus) -> Arc<Delivery> {
