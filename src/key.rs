@@ -56,10 +56,7 @@ impl std::ops::Deref for KeyText<'_> {
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Key::Hex(bytes) => f.write_str(std::str::from_utf8(&hex_digits(bytes)).expect("hex digits are ASCII")),
-            Key::Text(text) => f.write_str(text),
-        }
+        f.write_str(&self.text())
     }
 }
 

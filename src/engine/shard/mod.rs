@@ -393,8 +393,9 @@ impl ShardState {
     }
 
     fn forget(&mut self, id: &str) {
-        self.timers.remove(&TimerKey::Send(Key::new(id)));
-        self.left_scheduled.remove(&Key::new(id));
+        let key = Key::new(id);
+        self.left_scheduled.remove(&key);
+        self.timers.remove(&TimerKey::Send(key));
         self.open.remove(id);
     }
 }
