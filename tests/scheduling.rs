@@ -272,15 +272,17 @@ async fn peaks_until<const N: usize>(app: &TestApp, prefixes: [&str; N], done: i
     }
 }
 
-/// Schedules 30 pushes to `u1`, due two hours from now a millisecond apart; returns their bodies in due order.
-async fn schedule_thirty(app: &TestApp) -> Vec<String> {
+/// Schedules 30 pushes to `u1`, due two hours from now a millisecond apart; returns their ids and bodies in due
+/// order.
+async fn schedule_thirty(app: &TestApp) -> (Vec<String>, Vec<String>) {
     let now = Timestamp::now();
     let bodies: Vec<String> = (0..30).map(|i| format!("s{i:02}")).collect();
+    let mut ids = Vec::new();
     for (i, body) in bodies.iter().enumerate() {
         let due = now.checked_add(SignedDuration::from_hours(2) + SignedDuration::from_millis(i as i64)).unwrap();
-        app.send(scheduled("u1", body, due)).await;
+        ids.push(app.send(scheduled("u1", body, due)).await);
     }
-    bodies
+    (ids, bodies)
 }
 
 /// Sends that come due while their provider is backed up wait in the shard (`herald_scheduled_held`) instead of
@@ -313,7 +315,7 @@ async fn due_sends_fill_the_fcm_queue_to_at_most(app: &TestApp, limit: i64, boun
     app.sandbox()
         .set_faults(ProviderKind::Fcm, FaultSettings { latency_min_ms: 20, latency_max_ms: 20, ..Default::default() });
     app.user("u1", &[("tok-1", "android")]).await;
-    let expected = schedule_thirty(app).await;
+    let (_, expected) = schedule_thirty(app).await;
 
     app.running.engine.clock().advance(Duration::from_secs(3 * 3600));
     let [peak_queued, peak_held] =
@@ -329,6 +331,41 @@ async fn due_sends_fill_the_fcm_queue_to_at_most(app: &TestApp, limit: i64, boun
     assert_eq!(metric_sum(metrics.as_str().unwrap(), "herald_scheduled_held "), 0);
 }
 
+/// Held sends cancelled while they wait never go out; they leave the held queue all the same, and the sends
+/// behind them still go out once, in due order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_sends_cancelled_while_they_wait_never_go_out() {
+    let app = spawn_app_with(|s| {
+        s.engine.queue_capacity = 4;
+        s.providers.limits.get_mut(&ProviderKind::Fcm).unwrap().max_in_flight = 1;
+    })
+    .await;
+    app.sandbox()
+        .set_faults(ProviderKind::Fcm, FaultSettings { latency_min_ms: 20, latency_max_ms: 20, ..Default::default() });
+    app.user("u1", &[("tok-1", "android")]).await;
+    let (ids, due_bodies) = schedule_thirty(&app).await;
+
+    app.running.engine.clock().advance(Duration::from_secs(3 * 3600));
+    peaks_until(&app, ["herald_scheduled_held "], |[held]| *held >= 10).await;
+    // The last ten of thirty, due last, wait behind the others: cancel every other one of them.
+    let cancelled: Vec<usize> = (20..30).step_by(2).collect();
+    for &i in &cancelled {
+        let (status, reply) =
+            app.request(reqwest::Method::DELETE, &format!("/v1/notifications/{}", ids[i]), None).await;
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(reply["status"], "cancelled");
+    }
+    let expected: Vec<String> =
+        due_bodies.iter().enumerate().filter(|(i, _)| !cancelled.contains(i)).map(|(_, b)| b.clone()).collect();
+    peaks_until(&app, ["herald_scheduled_held "], |[held]| *held == 0).await;
+    assert_eq!(barrier(&app, "u1").await, expected.len());
+    assert_eq!(bodies(&app), expected, "the others each once, in due order; none of the cancelled");
+    for &i in &cancelled {
+        let (_, n) = app.get(&format!("/v1/notifications/{}", ids[i])).await;
+        assert_eq!(n["status"], "cancelled", "{n:#}");
+    }
+}
+
 /// The loader keeps at most `scheduling.max_loaded` scheduled notifications in the shards' timers and reads the
 /// rest of its window as those fire: every one still goes out once, in due order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +377,7 @@ async fn the_loader_holds_at_most_max_loaded_in_memory_and_reads_the_rest_as_the
     })
     .await;
     app.user("u1", &[("tok-1", "android")]).await;
-    let expected = schedule_thirty(&app).await;
+    let (_, expected) = schedule_thirty(&app).await;
 
     // All 30 are inside the loader's 60 s horizon, 30 s before they are due.
     app.running.engine.clock().advance(Duration::from_secs(2 * 3600 - 30));

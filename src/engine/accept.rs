@@ -12,7 +12,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use ractor::ActorRef;
 
-use crate::domain::{Channel, Priority};
+use crate::domain::{Channel, Priority, ProviderKind};
 
 use super::idempotency::Reservation;
 use super::request::{AcceptReply, Claim, NewNotification};
@@ -117,7 +117,7 @@ impl Acceptor {
         let settings = &self.ctx.settings;
         let share = |limit: usize| if priority == Priority::Low { (limit / 2).max(1) } else { limit };
         let shard_full = self.ctx.shard_pending[shard].load(Ordering::Relaxed) >= share(settings.shard_pending_max);
-        if shard_full || self.ctx.backed_up(channels, priority, share).is_some() {
+        if shard_full || self.ctx.backed_up(ProviderKind::for_channels(channels), priority, share).is_some() {
             self.ctx.telemetry.overloaded();
             return Err(EngineError::Overloaded);
         }

@@ -115,11 +115,11 @@ impl EngineCtx {
     /// scheduled send waits for it (`shard/held.rs`). The in-app channel has no dispatcher.
     fn backed_up(
         &self,
-        channels: &[Channel],
+        mut providers: impl Iterator<Item = ProviderKind>,
         priority: Priority,
         limit: impl Fn(usize) -> usize,
     ) -> Option<ProviderKind> {
-        ProviderKind::for_channels(channels).find(|k| {
+        providers.find(|k| {
             self.dispatchers[k.index()].as_ref().is_some_and(|d| d.queued_ahead_of(priority) >= limit(d.capacity))
         })
     }

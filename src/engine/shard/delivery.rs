@@ -38,7 +38,7 @@ impl ShardState {
         }
         let id = notification.id.clone();
         let mut writes = Vec::with_capacity(8);
-        self.open.insert(id.clone(), Open::new(notification, Vec::new(), adhoc_user));
+        self.open.insert(Key::new(&id), Open::new(notification, Vec::new(), adhoc_user));
         let jobs = self.progress(me, &id, true, &mut writes);
         for channel in &req.channels {
             self.ctx.telemetry.accepted(*channel);

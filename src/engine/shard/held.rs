@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use ractor::ActorRef;
 
-use crate::domain::{Notification, NotificationStatus, ProviderKind};
+use crate::domain::{Notification, Priority, ProviderKind};
 use crate::key::Key;
 
 use super::{ShardMsg, ShardState};
@@ -32,9 +32,35 @@ const RETRY: Duration = Duration::from_millis(10);
 /// Held due sends, one FIFO per provider.
 #[derive(Default)]
 pub(super) struct Held {
-    queues: [VecDeque<Key>; ProviderKind::ALL.len()],
+    queues: [VecDeque<HeldSend>; ProviderKind::ALL.len()],
     /// A [`ShardMsg::HeldDue`] is on its way.
     wake_pending: bool,
+}
+
+/// A held send with what the room check needs: a spike holds hundreds of thousands, and looking each one up in
+/// the shard's notifications again to learn its providers and lane was a cache miss per send.
+struct HeldSend {
+    id: Key,
+    route: Route,
+}
+
+/// The lane and providers of a due send.
+#[derive(Clone, Copy)]
+pub(super) struct Route {
+    priority: Priority,
+    /// One bit per [`ProviderKind::index`].
+    providers: u8,
+}
+
+impl Route {
+    fn of(n: &Notification) -> Route {
+        let providers = ProviderKind::for_channels(&n.channels).fold(0, |bits, k| bits | 1 << k.index());
+        Route { priority: n.priority, providers }
+    }
+
+    fn providers(self) -> impl Iterator<Item = ProviderKind> {
+        ProviderKind::ALL.into_iter().filter(move |k| self.providers & (1 << k.index()) != 0)
+    }
 }
 
 impl Held {
@@ -44,43 +70,37 @@ impl Held {
 }
 
 impl ShardState {
-    /// The provider a due `n` must wait for: the first it needs that already has sends held here (so it goes
-    /// after them) or has no room.
-    pub(super) fn hold_for(&self, n: &Notification) -> Option<ProviderKind> {
-        ProviderKind::for_channels(&n.channels)
-            .find(|k| !self.held.queues[k.index()].is_empty())
-            .or_else(|| self.without_room(n))
+    /// The provider a due `n` must wait for, with its route: the first it needs that already has sends held
+    /// here (so it goes after them) or has no room.
+    pub(super) fn hold_for(&self, n: &Notification) -> Option<(ProviderKind, Route)> {
+        let route = Route::of(n);
+        let kind =
+            route.providers().find(|k| !self.held.queues[k.index()].is_empty()).or_else(|| self.without_room(route))?;
+        Some((kind, route))
     }
 
-    /// The first provider `n` needs whose dispatcher holds `scheduling.fire_ahead` jobs or half its capacity,
-    /// whichever is less, ahead of `n`'s priority.
-    fn without_room(&self, n: &Notification) -> Option<ProviderKind> {
+    /// The first provider of `route` whose dispatcher holds `scheduling.fire_ahead` jobs or half its capacity,
+    /// whichever is less, ahead of its priority.
+    fn without_room(&self, route: Route) -> Option<ProviderKind> {
         let fire_ahead = self.ctx.scheduling.fire_ahead;
-        self.ctx.backed_up(&n.channels, n.priority, |capacity| (capacity / 2).clamp(1, fire_ahead))
+        self.ctx.backed_up(route.providers(), route.priority, |capacity| (capacity / 2).clamp(1, fire_ahead))
     }
 
-    pub(super) fn hold(&mut self, kind: ProviderKind, id: Key) {
-        self.held.queues[kind.index()].push_back(id);
+    pub(super) fn hold(&mut self, kind: ProviderKind, id: Key, route: Route) {
+        self.held.queues[kind.index()].push_back(HeldSend { id, route });
         self.ctx.telemetry.held_changed(1);
     }
 
-    /// The next held send that may fire now, in due order per provider; held sends no longer scheduled
-    /// (cancelled meanwhile) are dropped on the way.
+    /// The next held send that may fire now, in due order per provider. One cancelled meanwhile is returned
+    /// too (once there is room for it): `fire` looks it up and leaves it be unless it is still scheduled. (A
+    /// held send is past due, hence past PATCH's cutoff: cancelling is the only change it can see.)
     pub(super) fn next_unheld(&mut self) -> Option<Key> {
-        for k in 0..self.held.queues.len() {
-            while let Some(id) = self.held.queues[k].front() {
-                let waiting =
-                    self.open.get(&*id.text()).filter(|o| o.notification.status == NotificationStatus::Scheduled);
-                match waiting {
-                    Some(open) if self.without_room(&open.notification).is_some() => break,
-                    _ => {
-                        let id = self.held.queues[k].pop_front();
-                        self.ctx.telemetry.held_changed(-1);
-                        if waiting.is_some() {
-                            return id;
-                        }
-                    }
-                }
+        for queue in 0..self.held.queues.len() {
+            let Some(front) = self.held.queues[queue].front() else { continue };
+            if self.without_room(front.route).is_none() {
+                let held = self.held.queues[queue].pop_front()?;
+                self.ctx.telemetry.held_changed(-1);
+                return Some(held.id);
             }
         }
         None

@@ -185,6 +185,53 @@ impl Open {
     }
 }
 
+/// Open notifications by id, keyed by the id's [`Key`]: a probe compares the 16 bytes in the table instead of
+/// following each candidate's `String` to its text, one cache miss less per lookup in a spike's millions.
+#[derive(Default)]
+struct OpenMap(HashMap<Key, Box<Open>>);
+
+impl OpenMap {
+    fn get(&self, id: &str) -> Option<&Open> {
+        self.by_key(&Key::new(id))
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Open> {
+        self.by_key_mut(&Key::new(id))
+    }
+
+    fn by_key(&self, key: &Key) -> Option<&Open> {
+        self.0.get(key).map(|open| &**open)
+    }
+
+    fn by_key_mut(&mut self, key: &Key) -> Option<&mut Open> {
+        self.0.get_mut(key).map(|open| &mut **open)
+    }
+
+    fn contains_key(&self, id: &str) -> bool {
+        self.0.contains_key(&Key::new(id))
+    }
+
+    fn insert(&mut self, key: Key, open: Box<Open>) {
+        self.0.insert(key, open);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Box<Open>> {
+        self.remove_key(&Key::new(id))
+    }
+
+    fn remove_key(&mut self, key: &Key) -> Option<Box<Open>> {
+        self.0.remove(key)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The user a stored ad-hoc notification plans with: only its owner key survives a restart, not the addresses.
 fn stored_adhoc_user(n: &Notification) -> Option<User> {
     n.user_id.is_none().then(|| User::new(n.owner.clone(), n.created_at))
@@ -196,7 +243,7 @@ pub struct ShardState {
     users: HashMap<String, User>,
     /// Open notifications by id. Deliveries are found through their notification: a provider outcome comes
     /// with its job, a delivery report with the notification id the store holds for its delivery.
-    open: HashMap<NotificationId, Box<Open>>,
+    open: OpenMap,
     /// Deliveries in `sent`, waiting for their report.
     report_waits: ReportWaits,
     /// Scheduled sends due inside the loaded window, and sequence step deadlines.
@@ -230,7 +277,7 @@ impl Actor for Shard {
         Ok(ShardState {
             index: args.index,
             users: args.users.into_iter().map(|u| (u.id.clone(), u)).collect(),
-            open: HashMap::default(),
+            open: OpenMap::default(),
             report_waits: ReportWaits::new(Duration::from_millis(args.ctx.settings.report_timeout_ms)),
             timers: Timers::counting(args.ctx.telemetry.scheduled_timers()),
             held: held::Held::default(),
@@ -374,7 +421,7 @@ impl ShardState {
     fn reopen(&mut self, stored: StoredNotification) {
         let StoredNotification { notification, deliveries } = stored;
         let adhoc_user = stored_adhoc_user(&notification);
-        self.open.insert(notification.id.clone(), Open::new(notification, deliveries, adhoc_user));
+        self.open.insert(Key::new(&notification.id), Open::new(notification, deliveries, adhoc_user));
     }
 
     /// Re-drives the stored notifications this shard forgot after a failed accept commit (their batch landed

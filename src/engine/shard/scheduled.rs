@@ -67,7 +67,7 @@ impl ShardState {
         for channel in &notification.channels {
             self.ctx.telemetry.accepted(*channel);
         }
-        self.open.insert(id.clone(), Open::new(notification, Vec::new(), adhoc_user));
+        self.open.insert(Key::new(&id), Open::new(notification, Vec::new(), adhoc_user));
         self.submit_accept(me, id, writes, claims, AfterAccept::Scheduled { due_ms }, reply);
     }
 
@@ -104,7 +104,7 @@ impl ShardState {
             let due = n.send_at.unwrap_or(Timestamp::UNIX_EPOCH);
             let adhoc_user = stored_adhoc_user(&n);
             self.timers.insert(TimerKey::Send(Key::new(&n.id)), due);
-            self.open.insert(n.id.clone(), Open::new(n, Vec::new(), adhoc_user));
+            self.open.insert(Key::new(&n.id), Open::new(n, Vec::new(), adhoc_user));
         }
         self.run_due_timers(me);
     }
@@ -131,7 +131,7 @@ impl ShardState {
         let mut unsaved = Vec::new();
         while let Some(key) = self.next_unheld() {
             let before = (jobs.len(), unsaved.len());
-            self.fire(me, &key.text(), now, &mut writes, &mut jobs, &mut left, &mut unsaved);
+            self.fire(me, &key, now, &mut writes, &mut jobs, &mut left, &mut unsaved);
             self.ctx.reserve_all(&jobs[before.0..]);
             self.ctx.reserve_all(&unsaved[before.1..]);
         }
@@ -139,15 +139,14 @@ impl ShardState {
             let before = (jobs.len(), unsaved.len());
             match key {
                 TimerKey::Send(key) => {
-                    let id = key.text();
                     match self
                         .open
-                        .get(&*id)
+                        .by_key(&key)
                         .filter(|o| o.notification.status == NotificationStatus::Scheduled)
                         .and_then(|o| self.hold_for(&o.notification))
                     {
-                        Some(kind) => self.hold(kind, key),
-                        None => self.fire(me, &id, now, &mut writes, &mut jobs, &mut left, &mut unsaved),
+                        Some((kind, route)) => self.hold(kind, key, route),
+                        None => self.fire(me, &key, now, &mut writes, &mut jobs, &mut left, &mut unsaved),
                     }
                 }
                 TimerKey::Step(key) => self.on_step_timeout(me, &key.text(), &mut writes, &mut jobs),
@@ -198,14 +197,14 @@ impl ShardState {
     fn fire(
         &mut self,
         me: &ActorRef<ShardMsg>,
-        id: &str,
+        key: &Key,
         now: Timestamp,
         writes: &mut Vec<Write>,
         jobs: &mut Vec<super::DeliveryJob>,
         left: &mut Vec<(String, i64, Arc<AtomicU64>)>,
         unsaved: &mut Vec<super::DeliveryJob>,
     ) {
-        let Some(open) = self.open.get_mut(id) else { return };
+        let Some(open) = self.open.by_key_mut(key) else { return };
         if open.notification.status != NotificationStatus::Scheduled {
             return;
         }
@@ -217,8 +216,8 @@ impl ShardState {
             n.reason = Some("expired: expires_at passed before the send was due".into());
             count_campaign_final(n, 1, writes);
             writes.push(Write::PutNotification(open.notification.clone()));
-            self.open.remove(id);
-            left.push((id.to_string(), due_ms, self.leave_scheduled(id)));
+            self.open.remove_key(key);
+            left.push((key.to_string(), due_ms, self.leave_scheduled(key.clone())));
             return;
         }
         let user = open.adhoc_user.as_deref().or_else(|| self.users.get(&open.notification.owner));
@@ -228,9 +227,9 @@ impl ShardState {
             n.reason = Some("quiet_hours".into());
             writes.push(Write::PutNotification(open.notification.clone()));
             if end <= self.sched_until {
-                self.timers.insert(TimerKey::Send(Key::new(id)), end);
+                self.timers.insert(TimerKey::Send(key.clone()), end);
             } else {
-                self.open.remove(id);
+                self.open.remove_key(key);
             }
             return;
         }
@@ -239,10 +238,10 @@ impl ShardState {
         // Ordering among the recipient's sends follows when it is really sent, not when it was requested.
         n.seq = self.ctx.next_seq();
         open.accepted_at = Instant::now();
-        let landed = self.leave_scheduled(id);
+        let landed = self.leave_scheduled(key.clone());
         let mut fired = Vec::new();
-        let fired_jobs = self.progress(me, id, true, &mut fired);
-        let plain = self.open.get_mut(id).filter(|o| {
+        let fired_jobs = self.progress(me, &key.text(), true, &mut fired);
+        let plain = self.open.by_key_mut(key).filter(|o| {
             !o.deliveries.is_empty()
                 && o.deliveries.iter().all(|d| d.status == DeliveryStatus::Queued)
                 && fired.iter().all(|w| matches!(w, Write::PutNotification(_) | Write::PutDelivery(_)))
@@ -255,30 +254,30 @@ impl ShardState {
             None => {
                 writes.append(&mut fired);
                 jobs.extend(fired_jobs);
-                left.push((id.to_string(), due_ms, landed));
+                left.push((key.to_string(), due_ms, landed));
             }
         }
     }
 
-    /// Remembers that `id` left the scheduled state here, until no loader read can return it any more.
-    fn leave_scheduled(&mut self, id: &str) -> Arc<AtomicU64> {
+    /// Remembers that `key` left the scheduled state here, until no loader read can return it any more.
+    fn leave_scheduled(&mut self, key: Key) -> Arc<AtomicU64> {
         let landed = Arc::new(AtomicU64::new(u64::MAX));
-        self.left_scheduled.insert(Key::new(id), landed.clone());
+        self.left_scheduled.insert(key, landed.clone());
         landed
     }
 
     /// DELETE of a scheduled notification, in memory or only in the store.
     pub(super) fn cancel_scheduled(&mut self, notification: Notification, reply: Reply<NotificationStatus>) {
-        let id = notification.id.clone();
-        let mut notification = match self.open.remove(&id) {
+        let key = Key::new(&notification.id);
+        let mut notification = match self.open.remove_key(&key) {
             Some(open) => Arc::unwrap_or_clone(open.notification),
             None => notification,
         };
-        self.timers.remove(&TimerKey::Send(Key::new(&id)));
+        self.timers.remove(&TimerKey::Send(key.clone()));
         let now = self.ctx.clock.now();
         notification.status = NotificationStatus::Cancelled;
         notification.updated_at = now;
-        let left = self.leave_scheduled(&id);
+        let left = self.leave_scheduled(key);
         let ctx = self.ctx.clone();
         let mut writes = Vec::with_capacity(2);
         count_campaign_final(&notification, 1, &mut writes);
@@ -348,7 +347,7 @@ impl ShardState {
         match self.open.get_mut(&id) {
             Some(open) => open.notification = record.clone(),
             None => {
-                self.open.insert(id.clone(), Open::new(n.clone(), Vec::new(), adhoc_user));
+                self.open.insert(Key::new(&id), Open::new(n.clone(), Vec::new(), adhoc_user));
             }
         }
         let shard = me.clone();

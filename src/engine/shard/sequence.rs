@@ -141,7 +141,7 @@ impl ShardState {
         self.timers.insert(TimerKey::Step(Key::new(sequence_id)), deadline);
         self.arm_timers(me);
         let id = notification.id.clone();
-        self.open.insert(id.clone(), Open::new(notification, Vec::new(), None));
+        self.open.insert(Key::new(&id), Open::new(notification, Vec::new(), None));
         self.progress(me, &id, true, writes)
     }
 
