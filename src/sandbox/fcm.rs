@@ -144,7 +144,19 @@ async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let answer = handle(&state, &project, &headers, &body).await.map_err(IntoResponse::into_response);
+    answer(&state, &project, &headers, &body).await
+}
+
+/// The project of a send's path, `/v1/projects/{project}/messages:send`, when it needs no decoding: the path
+/// the sandbox's HTTP service answers without its router (`http.rs`); any other goes through the router.
+pub(crate) fn send_path_project(path: &str) -> Option<&str> {
+    let project = path.strip_prefix("/v1/projects/")?.strip_suffix("/messages:send")?;
+    (!project.is_empty() && !project.contains(['/', '%'])).then_some(project)
+}
+
+/// Answers one send and counts the answer.
+pub(crate) async fn answer(state: &SandboxState, project: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    let answer = handle(state, project, headers, body).await.map_err(IntoResponse::into_response);
     state.stats.tally(ProviderKind::Fcm, answer)
 }
 
@@ -286,6 +298,20 @@ fn check_android(android: &Value) -> Result<(), FcmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_send_paths_bypass_the_router() {
+        assert_eq!(send_path_project("/v1/projects/herald-dev/messages:send"), Some("herald-dev"));
+        for other in [
+            "/v1/projects//messages:send",
+            "/v1/projects/a/b/messages:send",
+            "/v1/projects/my%20app/messages:send",
+            "/v1/projects/p/messages:sendx",
+            "/v1/token",
+        ] {
+            assert_eq!(send_path_project(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn android_ttl_and_priority_are_checked() {

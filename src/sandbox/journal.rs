@@ -2,7 +2,8 @@
 //! (arrival time, answer status, the fault drawn, Herald's delivery reference) and every delivery report (posted,
 //! failed or dropped). Both keep only the most recent entries, so a long load run cannot grow them without bound.
 //!
-//! The request log is filled by [`layer`], an axum middleware around the provider routes: it notes the arrival
+//! The request log is filled by [`journaled`], through [`layer`], an axum middleware around the provider routes
+//! (and directly by FCM's send route, which bypasses the router): it notes the arrival
 //! time, opens the [`DRAWN`] slot the fault draw writes to, and after the handler answers sets `Retry-After` for
 //! injected waits and logs the entry with the delivery reference (the one the handler read, see [`Reference`], or
 //! else read from the body here). Token requests (`/v1/token`) and
@@ -13,9 +14,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
@@ -283,16 +285,28 @@ pub(crate) async fn layer(State(state): State<Arc<SandboxState>>, request: Reque
     let Some(provider) = provider_of(request.uri().path()) else {
         return next.run(request).await;
     };
-    let at_ms = state.journal.elapsed_ms();
     let (parts, body) = request.into_parts();
+    journaled(&state, provider, parts, body, |parts, bytes| next.run(Request::from_parts(parts, Body::from(bytes))))
+        .await
+}
+
+/// Reads a provider request's body, answers it with `handler`, and logs it (see the module header): the
+/// middleware's work, also done by the FCM route that bypasses the router (`http.rs`).
+pub(crate) async fn journaled<F: Future<Output = Response>>(
+    state: &SandboxState,
+    provider: ProviderKind,
+    parts: Parts,
+    body: Body,
+    handler: impl FnOnce(Parts, Bytes) -> F,
+) -> Response {
+    let at_ms = state.journal.elapsed_ms();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         state.journal.request(provider, at_ms, StatusCode::PAYLOAD_TOO_LARGE.as_u16(), None, None);
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
-    let request = Request::from_parts(parts, Body::from(bytes.clone()));
     let (mut response, drawn) = DRAWN
         .scope(Cell::new(None), async {
-            let response = next.run(request).await;
+            let response = handler(parts, bytes.clone()).await;
             (response, DRAWN.with(Cell::get))
         })
         .await;

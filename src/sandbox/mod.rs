@@ -3,7 +3,7 @@
 //!
 //! Code map:
 //! - [`start`] binds one HTTP listener (FCM, APNs, Twilio, Bizppurio and the `/_sandbox` admin API, see
-//!   `http.rs` and one file per provider) and one SMTP listener (`smtp/`, STARTTLS with the certificate of
+//!   `http.rs`, which answers FCM's sends without the router, and one file per provider) and one SMTP listener (`smtp/`, STARTTLS with the certificate of
 //!   `tls.rs`), and returns a [`SandboxHandle`].
 //! - `record.rs` keeps what was accepted ([`ReceivedMessage`]); `stats.rs` counts accepted and rejected requests.
 //! - `faults.rs` draws latency, errors and report behaviour from seeded RNGs per provider, so runs repeat.
@@ -40,6 +40,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::ServiceExt;
+use axum::extract::Request;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -120,11 +122,13 @@ pub async fn start(settings: &SandboxSettings, report_url: String) -> io::Result
         cancel: cancel.clone(),
     });
 
-    let router = http::router(state.clone()).layer(axum::middleware::from_fn_with_state(state.clone(), journal::layer));
-    let tls_task = tokio::spawn(tls::serve(tls_listener, https_config, router.clone(), cancel.clone()));
+    let service = http::SandboxService::new(state.clone());
+    let tls_task = tokio::spawn(tls::serve(tls_listener, https_config, service.clone(), cancel.clone()));
     let http_cancel = cancel.clone();
     let http_task = tokio::spawn(async move {
-        let served = axum::serve(http_listener, router).with_graceful_shutdown(http_cancel.cancelled_owned()).await;
+        let served = axum::serve(http_listener, ServiceExt::<Request>::into_make_service(service))
+            .with_graceful_shutdown(http_cancel.cancelled_owned())
+            .await;
         if let Err(error) = served {
             tracing::error!(%error, "sandbox http listener failed");
         }

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -18,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::http::SandboxService;
 use crate::providers::cork::Corked;
 
 /// A client that connects and never finishes its handshake is dropped after this long.
@@ -78,9 +78,14 @@ impl SandboxTls {
     }
 }
 
-/// Serves `router` over TLS on `listener` until `cancel` fires: HTTP/2 when the client offers `h2`, else
+/// Serves `service` over TLS on `listener` until `cancel` fires: HTTP/2 when the client offers `h2`, else
 /// HTTP/1.1. Each connection does its handshake on its own task, so a slow client holds up no one else.
-pub(crate) async fn serve(listener: TcpListener, config: Arc<ServerConfig>, router: Router, cancel: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    service: SandboxService,
+    cancel: CancellationToken,
+) {
     let acceptor = TlsAcceptor::from(config);
     loop {
         let accepted = tokio::select! {
@@ -98,7 +103,7 @@ pub(crate) async fn serve(listener: TcpListener, config: Arc<ServerConfig>, rout
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let router = router.clone();
+        let service = service.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -111,7 +116,7 @@ pub(crate) async fn serve(listener: TcpListener, config: Arc<ServerConfig>, rout
             };
             let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(Corked::new(tls)), TowerToHyperService::new(router));
+                .serve_connection_with_upgrades(TokioIo::new(Corked::new(tls)), TowerToHyperService::new(service));
             tokio::pin!(connection);
             tokio::select! {
                 served = connection.as_mut() => {

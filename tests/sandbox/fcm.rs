@@ -170,6 +170,32 @@ async fn sends_need_a_token_the_sandbox_issued() {
     assert_eq!(response.status().as_u16(), 200);
 }
 
+/// Plain project paths are answered without the router, a percent-encoded one through it: both answer and log
+/// alike, and the send path still refuses other methods.
+#[tokio::test]
+async fn sends_are_answered_and_logged_alike_with_or_without_the_router() {
+    let sandbox = spawn().await;
+    let token = access_token(&sandbox).await;
+    for (path, project) in [(SEND_PATH, "herald-dev"), ("/v1/projects/my%20app/messages:send", "my app")] {
+        let message = json!({"message": {"token": "device-1", "data": {"herald_delivery_id": project}}});
+        let response = sandbox.http.post(sandbox.url(path)).bearer_auth(&token).json(&message).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let body: Value = response.json().await.unwrap();
+        let name = body["name"].as_str().unwrap();
+        assert!(name.starts_with(&format!("projects/{project}/messages/")), "{path}: {name}");
+        let bad = sandbox.http.post(sandbox.url(path)).bearer_auth(&token).body("{").send().await.unwrap();
+        assert_eq!(bad.status().as_u16(), 400, "{path}");
+    }
+    let (_, log) = sandbox.get_json("/_sandbox/requests?provider=fcm").await;
+    let logged: Vec<(u64, Option<&str>)> =
+        log.as_array().unwrap().iter().map(|e| (e["status"].as_u64().unwrap(), e["reference"].as_str())).collect();
+    assert_eq!(logged, [(200, Some("herald-dev")), (400, None), (200, Some("my app")), (400, None)]);
+    let (_, stats) = sandbox.get_json("/_sandbox/stats").await;
+    assert_eq!((stats["fcm"]["accepted"].as_u64(), stats["fcm"]["rejected"].as_u64()), (Some(2), Some(2)));
+    let get = sandbox.http.get(sandbox.url(SEND_PATH)).send().await.unwrap();
+    assert_eq!(get.status().as_u16(), 405);
+}
+
 #[tokio::test]
 async fn the_client_delivers_and_classifies_over_tls() {
     let sandbox = spawn().await;
