@@ -56,6 +56,11 @@ impl Progress {
         *self.phase.lock().unwrap_or_else(PoisonError::into_inner) = phase;
     }
 
+    /// Renames the current phase on the bar only (for a phase that reports its own progress).
+    pub fn status(&self, phase: impl Into<String>) {
+        *self.phase.lock().unwrap_or_else(PoisonError::into_inner) = phase.into();
+    }
+
     /// Prints a line above the bar (or to stderr when there is no bar).
     pub fn line(&self, line: &str) {
         if self.bar.is_hidden() {

@@ -112,11 +112,16 @@ impl Follower {
         Follower { http, sandbox: sandbox.to_string(), after: 0, forget, routes, clock, counters }
     }
 
-    /// Follows until `stop`, then drains what is left; returns the last error seen, if any.
-    pub async fn run(mut self, stop: Arc<AtomicBool>) -> Option<String> {
+    /// Follows until `stop`, then drains what is left; returns the last error seen, if any. Reads nothing
+    /// while `paused` (and not stopping).
+    pub async fn run(mut self, stop: Arc<AtomicBool>, paused: Arc<AtomicBool>) -> Option<String> {
         let mut last_error = None;
         loop {
             let stopping = stop.load(Ordering::Acquire);
+            if paused.load(Ordering::Acquire) && !stopping {
+                tokio::time::sleep(POLL_EVERY).await;
+                continue;
+            }
             match self.page().await {
                 Ok(PAGE) => continue,
                 Ok(_) => {}

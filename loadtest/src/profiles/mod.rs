@@ -9,6 +9,7 @@ pub mod sequences;
 pub mod spike;
 pub mod steady;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -81,6 +82,7 @@ pub async fn set_up(ctx: &Arc<Ctx>, users: usize) -> Result<(), String> {
 /// The record follower running in the background.
 pub struct Following {
     stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<Option<String>>,
 }
 
@@ -89,11 +91,21 @@ pub fn follow(ctx: &Arc<Ctx>, routes: Routes) -> Following {
     let follower =
         Follower::new(ctx.http.clone(), &ctx.sandbox, !ctx.args.keep_record, routes, ctx.clock, ctx.counters.clone());
     let stop = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn(follower.run(stop.clone()));
-    Following { stop, task }
+    let paused = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(follower.run(stop.clone(), paused.clone()));
+    Following { stop, paused, task }
 }
 
 impl Following {
+    /// Stops reading the record until [`Following::resume`]; the sandbox keeps what arrives meanwhile.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
+    }
+
     /// Reads what is left and stops; a read error seen on the way is a warning.
     pub async fn stop(self, ctx: &Ctx) -> Option<String> {
         self.stop.store(true, Ordering::Release);
@@ -105,6 +117,44 @@ impl Following {
             Ok(None) => None,
             Err(error) => Some(format!("the record follower failed: {error}")),
         }
+    }
+}
+
+/// Requests the sandbox accepted so far, all providers together (`GET /_sandbox/stats`).
+pub async fn sandbox_accepted(ctx: &Ctx) -> Result<u64, String> {
+    let fail = |e: reqwest::Error| format!("reading the sandbox's stats: {e}");
+    let stats: BTreeMap<String, Value> = ctx
+        .http
+        .get(format!("{}/_sandbox/stats", ctx.sandbox))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(fail)?
+        .json()
+        .await
+        .map_err(fail)?;
+    Ok(stats.values().filter_map(|p| p["accepted"].as_u64()).sum())
+}
+
+/// Waits, without reading the record, until the sandbox accepted `expected` requests beyond `base`, or
+/// nothing new for `--drain-s`: a profile that pauses its [`Following`] while the traffic runs watches the
+/// sandbox's counters instead, which cost nothing measurable.
+pub async fn await_accepted(ctx: &Ctx, base: u64, expected: u64) -> Result<(), String> {
+    let quiet_limit = Duration::from_secs_f64(ctx.args.drain_s);
+    let (mut last, mut last_change) = (u64::MAX, Instant::now());
+    loop {
+        let accepted = sandbox_accepted(ctx).await?.saturating_sub(base);
+        if accepted >= expected {
+            return Ok(());
+        }
+        if accepted != last {
+            (last, last_change) = (accepted, Instant::now());
+            ctx.progress.status(format!("{accepted} of {expected} at the sandbox (the record is read after)"));
+        }
+        if last_change.elapsed() >= quiet_limit {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
