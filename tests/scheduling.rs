@@ -6,6 +6,7 @@ mod app;
 
 use std::time::Duration;
 
+use herald::config::Settings;
 use herald::domain::ProviderKind;
 use herald::sandbox::FaultSettings;
 use jiff::{SignedDuration, Timestamp, ToSpan};
@@ -289,32 +290,38 @@ async fn schedule_thirty(app: &TestApp) -> (Vec<String>, Vec<String>) {
 /// filling its dispatcher past half of `engine.queue_capacity`; each still goes out once, in due order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn due_sends_wait_in_the_shard_while_their_provider_is_backed_up() {
-    let app = spawn_app_with(|s| {
-        s.engine.queue_capacity = 4;
-        s.providers.limits.get_mut(&ProviderKind::Fcm).unwrap().max_in_flight = 1;
-    })
-    .await;
+    let app = one_at_a_time_fcm(|s| s.engine.queue_capacity = 4).await;
     due_sends_fill_the_fcm_queue_to_at_most(&app, 2, "half the capacity").await;
 }
 
 /// However large the queue capacity, due sends fire only `scheduling.fire_ahead` jobs ahead of the provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn due_sends_fire_at_most_fire_ahead_jobs_ahead() {
-    let app = spawn_app_with(|s| {
+    let app = one_at_a_time_fcm(|s| {
         s.engine.queue_capacity = 1000;
         s.scheduling.fire_ahead = 2;
-        s.providers.limits.get_mut(&ProviderKind::Fcm).unwrap().max_in_flight = 1;
     })
     .await;
     due_sends_fill_the_fcm_queue_to_at_most(&app, 2, "fire_ahead").await;
 }
 
-/// Thirty sends to a slow FCM (one at a time, 20 ms each) all come due: the FCM queue never holds more than
-/// `limit`, some wait in the shard, and each still goes out once, in due order.
-async fn due_sends_fill_the_fcm_queue_to_at_most(app: &TestApp, limit: i64, bound: &str) {
+/// An app whose FCM takes one send at a time, 20 ms each, and a user `u1` with an Android device; `tweak` sets
+/// the queue bounds under test.
+async fn one_at_a_time_fcm(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let app = spawn_app_with(|s| {
+        s.providers.limits.get_mut(&ProviderKind::Fcm).unwrap().max_in_flight = 1;
+        tweak(s);
+    })
+    .await;
     app.sandbox()
         .set_faults(ProviderKind::Fcm, FaultSettings { latency_min_ms: 20, latency_max_ms: 20, ..Default::default() });
     app.user("u1", &[("tok-1", "android")]).await;
+    app
+}
+
+/// Thirty sends to a slow FCM all come due: the FCM queue never holds more than `limit`, some wait in the
+/// shard, and each still goes out once, in due order.
+async fn due_sends_fill_the_fcm_queue_to_at_most(app: &TestApp, limit: i64, bound: &str) {
     let (_, expected) = schedule_thirty(app).await;
 
     app.running.engine.clock().advance(Duration::from_secs(3 * 3600));
@@ -335,14 +342,7 @@ async fn due_sends_fill_the_fcm_queue_to_at_most(app: &TestApp, limit: i64, boun
 /// behind them still go out once, in due order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_sends_cancelled_while_they_wait_never_go_out() {
-    let app = spawn_app_with(|s| {
-        s.engine.queue_capacity = 4;
-        s.providers.limits.get_mut(&ProviderKind::Fcm).unwrap().max_in_flight = 1;
-    })
-    .await;
-    app.sandbox()
-        .set_faults(ProviderKind::Fcm, FaultSettings { latency_min_ms: 20, latency_max_ms: 20, ..Default::default() });
-    app.user("u1", &[("tok-1", "android")]).await;
+    let app = one_at_a_time_fcm(|s| s.engine.queue_capacity = 4).await;
     let (ids, due_bodies) = schedule_thirty(&app).await;
 
     app.running.engine.clock().advance(Duration::from_secs(3 * 3600));

@@ -137,17 +137,7 @@ impl Follower {
     /// Reads and routes one page; returns how many records it held.
     async fn page(&mut self) -> Result<usize, String> {
         let url = format!("{}/_sandbox/messages?after={}&limit={PAGE}", self.sandbox, self.after);
-        let fail = |e: reqwest::Error| format!("reading the sandbox record: {e}");
-        let records: Vec<Record> = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(fail)?
-            .json()
-            .await
-            .map_err(fail)?;
+        let records: Vec<Record> = get_json(&self.http, &url, "the sandbox record").await?;
         let Some(last) = records.last().map(|r| r.seq) else { return Ok(0) };
         for record in &records {
             self.route(record)?;
@@ -155,6 +145,7 @@ impl Follower {
         self.after = last;
         if self.forget {
             let url = format!("{}/_sandbox/messages?through={last}", self.sandbox);
+            let fail = |e: reqwest::Error| format!("forgetting the sandbox record: {e}");
             self.http.delete(&url).send().await.and_then(reqwest::Response::error_for_status).map_err(fail)?;
         }
         Ok(records.len())
@@ -179,6 +170,17 @@ impl Follower {
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// GETs `url` and reads its JSON answer; an error names `what` was being read.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+    what: &str,
+) -> Result<T, String> {
+    let fail = |e: reqwest::Error| format!("reading {what}: {e}");
+    let response = http.get(url).send().await.and_then(reqwest::Response::error_for_status).map_err(fail)?;
+    response.json().await.map_err(fail)
 }
 
 #[cfg(test)]

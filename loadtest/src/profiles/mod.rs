@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::ledger::{Ledger, Verdict};
 use crate::notify::{Ctx, put_template};
-use crate::record::{Follower, Routes};
+use crate::record::{Follower, Routes, get_json};
 use crate::timeline::Times;
 use crate::users::{self, Needs};
 
@@ -122,17 +122,8 @@ impl Following {
 
 /// Requests the sandbox accepted so far, all providers together (`GET /_sandbox/stats`).
 pub async fn sandbox_accepted(ctx: &Ctx) -> Result<u64, String> {
-    let fail = |e: reqwest::Error| format!("reading the sandbox's stats: {e}");
-    let stats: BTreeMap<String, Value> = ctx
-        .http
-        .get(format!("{}/_sandbox/stats", ctx.sandbox))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(fail)?
-        .json()
-        .await
-        .map_err(fail)?;
+    let url = format!("{}/_sandbox/stats", ctx.sandbox);
+    let stats: BTreeMap<String, Value> = get_json(&ctx.http, &url, "the sandbox's stats").await?;
     Ok(stats.values().filter_map(|p| p["accepted"].as_u64()).sum())
 }
 
