@@ -1,5 +1,6 @@
-//! The sandbox's HTTP side: one axum router for every HTTP provider and the admin API, plus the small header
-//! parsers (bearer, basic auth) the providers share.
+//! The sandbox's HTTP side: the service both listeners serve (FCM's sends answered directly, the rest by one
+//! axum router for every HTTP provider and the admin API), plus the small header parsers (bearer, basic auth)
+//! the providers share.
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 //!
 //! Code map:
 //! - [`start`] binds one HTTP listener (FCM, APNs, Twilio, Bizppurio and the `/_sandbox` admin API, see
-//!   `http.rs`, which answers FCM's sends without the router, and one file per provider) and one SMTP listener (`smtp/`, STARTTLS with the certificate of
-//!   `tls.rs`), and returns a [`SandboxHandle`].
+//!   `http.rs`, which answers FCM's sends without the router, and one file per provider) and one SMTP
+//!   listener (`smtp/`, STARTTLS with the certificate of `tls.rs`), and returns a [`SandboxHandle`].
 //! - `record.rs` keeps what was accepted ([`ReceivedMessage`]); `stats.rs` counts accepted and rejected requests.
 //! - `faults.rs` draws latency, errors and report behaviour from seeded RNGs per provider, so runs repeat.
 //! - `reports.rs` posts Twilio status callbacks and Bizppurio delivery reports back to loopback URLs.

@@ -131,21 +131,48 @@ pub async fn sandbox_accepted(ctx: &Ctx) -> Result<u64, String> {
 /// nothing new for `--drain-s`: a profile that pauses its [`Following`] while the traffic runs watches the
 /// sandbox's counters instead, which cost nothing measurable.
 pub async fn await_accepted(ctx: &Ctx, base: u64, expected: u64) -> Result<(), String> {
-    let quiet_limit = Duration::from_secs_f64(ctx.args.drain_s);
-    let (mut last, mut last_change) = (u64::MAX, Instant::now());
+    let mut quiet = Quiet::new(ctx);
     loop {
         let accepted = sandbox_accepted(ctx).await?.saturating_sub(base);
         if accepted >= expected {
             return Ok(());
         }
-        if accepted != last {
-            (last, last_change) = (accepted, Instant::now());
+        if quiet.moved(accepted) {
             ctx.progress.status(format!("{accepted} of {expected} at the sandbox (the record is read after)"));
         }
-        if last_change.elapsed() >= quiet_limit {
+        if quiet.over() {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+/// How often the waits for arrivals look again.
+const WAIT_POLL: Duration = Duration::from_millis(200);
+
+/// When a count last moved, for the waits that give up after `--drain-s` without anything new.
+struct Quiet {
+    limit: Duration,
+    last: u64,
+    since: Instant,
+}
+
+impl Quiet {
+    fn new(ctx: &Ctx) -> Quiet {
+        Quiet { limit: Duration::from_secs_f64(ctx.args.drain_s), last: u64::MAX, since: Instant::now() }
+    }
+
+    /// Notes `count`; whether it changed since the last note.
+    fn moved(&mut self, count: u64) -> bool {
+        let moved = count != self.last;
+        if moved {
+            (self.last, self.since) = (count, Instant::now());
+        }
+        moved
+    }
+
+    fn over(&self) -> bool {
+        self.since.elapsed() >= self.limit
     }
 }
 
@@ -156,23 +183,18 @@ const DUPLICATE_WAIT: Duration = Duration::from_secs(2);
 /// nothing new arrived for `--drain-s`.
 pub async fn drain(ctx: &Ctx, ledgers: &[Arc<Ledger>]) {
     ctx.progress.phase("waiting for the last messages at the sandbox");
-    let quiet_limit = Duration::from_secs_f64(ctx.args.drain_s);
-    let mut last_change = Instant::now();
-    let mut last_arrived = u64::MAX;
+    let mut quiet = Quiet::new(ctx);
     loop {
         if ledgers.iter().all(|l| l.complete()) {
             tokio::time::sleep(DUPLICATE_WAIT).await;
             return;
         }
-        let arrived: u64 = ledgers.iter().map(|l| l.progress().2).sum();
-        if arrived != last_arrived {
-            (last_arrived, last_change) = (arrived, Instant::now());
-        }
-        if last_change.elapsed() >= quiet_limit {
+        quiet.moved(ledgers.iter().map(|l| l.progress().2).sum());
+        if quiet.over() {
             let missing: u64 = ledgers.iter().map(|l| l.progress()).map(|(_, a, d)| a - d).sum();
             ctx.progress.line(&format!("   gave up waiting: {missing} accepted messages still missing"));
             return;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(WAIT_POLL).await;
     }
 }

@@ -37,9 +37,10 @@ impl ShardState {
             return self.accept_scheduled(me, notification, adhoc_user, req.claims, reply);
         }
         let id = notification.id.clone();
+        let key = Key::new(&id);
         let mut writes = Vec::with_capacity(8);
-        self.open.insert(Key::new(&id), Open::new(notification, Vec::new(), adhoc_user));
-        let jobs = self.progress(me, &id, true, &mut writes);
+        self.open.insert(key.clone(), Open::new(notification, Vec::new(), adhoc_user));
+        let jobs = self.progress(me, &key, true, &mut writes);
         for channel in &req.channels {
             self.ctx.telemetry.accepted(*channel);
         }
@@ -144,12 +145,12 @@ impl ShardState {
     pub(super) fn progress(
         &mut self,
         me: &ActorRef<ShardMsg>,
-        id: &str,
+        key: &Key,
         mut changed: bool,
         writes: &mut Vec<Write>,
     ) -> Vec<DeliveryJob> {
         let mut jobs = Vec::new();
-        let Some(open) = self.open.get_mut(id) else { return jobs };
+        let Some(open) = self.open.by_key_mut(key) else { return jobs };
         let now = Timestamp::now();
         if open.notification.status == NotificationStatus::Scheduled {
             // Nothing is planned before it is due (`fire`); only the record changes.
@@ -190,7 +191,7 @@ impl ShardState {
             open.unsaved = false;
             changed = true;
             writes.extend(open.deliveries.iter().map(|d| Write::PutDelivery(d.clone())));
-            if let Some(landed) = self.left_scheduled.get(&Key::new(id)) {
+            if let Some(landed) = self.left_scheduled.get(key) {
                 self.landing.push(landed.clone());
             }
         }
@@ -199,7 +200,7 @@ impl ShardState {
             writes.push(Write::PutNotification(open.notification.clone()));
         }
         if open.notification.status.is_final() {
-            let open = self.open.remove(id).expect("present");
+            let open = self.open.remove_key(key).expect("present");
             if let Some(step) = &open.notification.sequence {
                 jobs.extend(self.on_step_final(me, step, open.notification.status, writes));
             }
@@ -255,8 +256,9 @@ impl ShardState {
         let DeliveryJob { delivery: sent, content, attempt, accepted_at, handoff, shard, expires_at } = job;
         let provider = sent.provider;
         let notification_id = sent.notification_id.clone();
+        let key = Key::new(&notification_id);
         let mut retry = None;
-        let release = match self.open.get_mut(&notification_id).and_then(|o| Some((o.delivery_index(&sent.id)?, o))) {
+        let release = match self.open.by_key_mut(&key).and_then(|o| Some((o.delivery_index(&sent.id)?, o))) {
             None => sent,
             Some((index, open)) => {
                 // The job lets go of the record first, so recording the outcome changes it in place.
@@ -320,7 +322,7 @@ impl ShardState {
             }
         };
         released.add(provider, release, retry);
-        jobs.extend(self.progress(me, &notification_id, false, writes));
+        jobs.extend(self.progress(me, &key, false, writes));
     }
 
     pub(super) fn on_report(&mut self, me: &ActorRef<ShardMsg>, report: Report, notification_id: &str) {
@@ -353,7 +355,7 @@ impl ShardState {
             self.ctx.telemetry.outcome(report.provider, o);
         }
         let mut writes = vec![Write::PutDelivery(open.deliveries[index].clone())];
-        let jobs = self.progress(me, notification_id, false, &mut writes);
+        let jobs = self.progress(me, &Key::new(notification_id), false, &mut writes);
         let ctx = self.ctx.clone();
         self.ctx.submit(writes, Box::new(move |_| ctx.dispatch_all(jobs)));
     }
@@ -378,7 +380,7 @@ impl ShardState {
                 self.ctx.telemetry.report_timeout(delivery.provider);
                 self.ctx.telemetry.outcome(delivery.provider, Outcome::Failed);
                 writes.push(Write::PutDelivery(open.deliveries[index].clone()));
-                jobs.extend(self.progress(me, &notification_id, false, &mut writes));
+                jobs.extend(self.progress(me, &Key::new(&notification_id), false, &mut writes));
             }
         }
         arm_report_wait(&mut self.report_waits, me);
@@ -409,7 +411,7 @@ impl ShardState {
         };
         let mut writes = Vec::new();
         cancel_unhanded(open, Timestamp::now(), &mut writes);
-        let jobs = self.progress(me, id, true, &mut writes);
+        let jobs = self.progress(me, &Key::new(id), true, &mut writes);
         let status = self.open.get(id).map_or(NotificationStatus::Cancelled, |o| o.notification.status);
         let ctx = self.ctx.clone();
         self.ctx.submit(
@@ -448,7 +450,7 @@ impl ShardState {
         count_campaign_final(&open.notification, -1, &mut writes);
         open.notification_mut().status = NotificationStatus::Dispatching;
         let mut jobs = vec![job_for(open, index, &self.link)];
-        jobs.extend(self.progress(me, &id, true, &mut writes));
+        jobs.extend(self.progress(me, &Key::new(&id), true, &mut writes));
         let ctx = self.ctx.clone();
         self.ctx.submit(
             writes,

@@ -399,7 +399,7 @@ impl ShardState {
                     jobs.push(job_for(open, index, &self.link));
                 }
             }
-            jobs.extend(self.progress(me, &id, false, &mut writes));
+            jobs.extend(self.progress(me, &Key::new(&id), false, &mut writes));
         }
         self.report_waits.restore(sent, Instant::now(), Timestamp::now());
         arm_report_wait(&mut self.report_waits, me);

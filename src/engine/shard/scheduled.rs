@@ -240,7 +240,7 @@ impl ShardState {
         open.accepted_at = Instant::now();
         let landed = self.leave_scheduled(key.clone());
         let mut fired = Vec::new();
-        let fired_jobs = self.progress(me, &key.text(), true, &mut fired);
+        let fired_jobs = self.progress(me, key, true, &mut fired);
         let plain = self.open.by_key_mut(key).filter(|o| {
             !o.deliveries.is_empty()
                 && o.deliveries.iter().all(|d| d.status == DeliveryStatus::Queued)

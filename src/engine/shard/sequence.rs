@@ -140,9 +140,9 @@ impl ShardState {
         step.started_at = Some(now);
         self.timers.insert(TimerKey::Step(Key::new(sequence_id)), deadline);
         self.arm_timers(me);
-        let id = notification.id.clone();
-        self.open.insert(Key::new(&id), Open::new(notification, Vec::new(), None));
-        self.progress(me, &id, true, writes)
+        let key = Key::new(&notification.id);
+        self.open.insert(key.clone(), Open::new(notification, Vec::new(), None));
+        self.progress(me, &key, true, writes)
     }
 
     /// A step's notification became final: record the step and move on (the caller writes the notification).
@@ -184,11 +184,11 @@ impl ShardState {
         let reason = format!("step_timeout: not delivered within {} ms", sequence.step_timeout_ms);
         // The step ends first, so its notification settling below no longer counts for the sequence.
         jobs.extend(self.end_step(me, sequence_id, StepStatus::TimedOut, Some(reason), writes));
-        if let Some(id) = notification_id
-            && let Some(open) = self.open.get_mut(&id)
+        if let Some(key) = notification_id.as_deref().map(Key::new)
+            && let Some(open) = self.open.by_key_mut(&key)
         {
             cancel_unhanded(open, self.ctx.clock.now(), writes);
-            jobs.extend(self.progress(me, &id, true, writes));
+            jobs.extend(self.progress(me, &key, true, writes));
         }
     }
 
@@ -241,11 +241,11 @@ impl ShardState {
         if let Some(step) = sequence.steps.get_mut(sequence.current) {
             step.status = StepStatus::Cancelled;
             step.ended_at = Some(now);
-            if let Some(notification_id) = step.notification_id.clone()
-                && let Some(open) = self.open.get_mut(&notification_id)
+            if let Some(key) = step.notification_id.as_deref().map(Key::new)
+                && let Some(open) = self.open.by_key_mut(&key)
             {
                 cancel_unhanded(open, now, &mut writes);
-                jobs = self.progress(me, &notification_id, true, &mut writes);
+                jobs = self.progress(me, &key, true, &mut writes);
             }
         }
         sequence.current += 1;
