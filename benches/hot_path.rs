@@ -108,7 +108,8 @@ fn settings(data: PathBuf) -> Settings {
     s.store.data_dir = data;
     s.engine.queue_capacity = 1_000_000;
     s.engine.shard_pending_max = 1_000_000;
-    let limits = DispatchLimits { rate_per_second: 10_000_000, burst: 1_000_000, max_in_flight: 1024 };
+    let limits =
+        DispatchLimits { rate_per_second: 10_000_000, burst: 1_000_000, max_in_flight: 1024, max_requests: None };
     s.providers.limits.insert(ProviderKind::Fcm, limits);
     s
 }

@@ -166,8 +166,20 @@ pub struct SchedulingSettings {
 pub struct DispatchLimits {
     pub rate_per_second: u32,
     pub burst: u32,
-    /// Sends to the provider in flight at once; also the bound on duplicates after a crash.
+    /// Sends handed to the provider whose outcome is not durable yet: the bound on duplicates after a crash.
     pub max_in_flight: usize,
+    /// Of those, requests waiting for the provider's answer at once (the connection's concurrency); absent or
+    /// above `max_in_flight`: `max_in_flight`. An answered send keeps only its `max_in_flight` slot while its
+    /// outcome is committed.
+    #[serde(default)]
+    pub max_requests: Option<usize>,
+}
+
+impl DispatchLimits {
+    /// Requests waiting for the provider's answer at once.
+    pub fn requests_cap(&self) -> usize {
+        self.max_requests.map_or(self.max_in_flight, |n| n.min(self.max_in_flight))
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -291,11 +303,15 @@ impl Settings {
                     message: format!("missing limits for provider `{}`", kind.as_str()),
                 });
             };
-            if limits.rate_per_second == 0 || limits.burst == 0 || limits.max_in_flight == 0 {
+            if limits.rate_per_second == 0
+                || limits.burst == 0
+                || limits.max_in_flight == 0
+                || limits.max_requests == Some(0)
+            {
                 return Err(ConfigError::Invalid {
                     field: "providers.limits",
                     message: format!(
-                        "`{}`: rate_per_second, burst and max_in_flight must be at least 1",
+                        "`{}`: rate_per_second, burst, max_in_flight and max_requests must be at least 1",
                         kind.as_str()
                     ),
                 });

@@ -341,3 +341,63 @@ async fn a_503_whose_batch_lands_late_is_delivered_once_and_a_retry_is_its_dupli
     let copies = app.sandbox().record().iter().filter(|m| m.body == "on the wire").count();
     assert_eq!(copies, 1, "the late batch's notification is delivered exactly once");
 }
+
+/// An answered send keeps only its window slot while its outcome is committed (docs/engine-semantics.md,
+/// "Crash"): with the store stalled, the provider still gets the whole `max_in_flight` window, `max_requests` at
+/// a time, and nothing beyond it until the outcomes are durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_store_holds_the_in_flight_window_while_answered_sends_free_their_requests() {
+    const WINDOW: usize = 3;
+    const SENDS: usize = 5;
+    const LATENCY_MS: u64 = 1_000;
+    let _serial = SERIAL.lock().await;
+    let Some(server) = RedisServer::start() else { return };
+    let url = server.url();
+    let app = app::spawn_app_with(|s| {
+        s.store.backend = "redis".into();
+        s.store.redis.url = Secret::new(url);
+        // Longer than the stall: the outcomes' commits wait for Redis instead of failing.
+        s.store.redis.command_timeout_ms = 60_000;
+        let fcm = s.providers.limits.get_mut(&herald::domain::ProviderKind::Fcm).unwrap();
+        fcm.max_in_flight = WINDOW;
+        fcm.max_requests = Some(1);
+    })
+    .await;
+    for u in 0..SENDS {
+        app.user(&format!("window-{u}"), &[(&format!("window-token-{u}"), "android")]).await;
+    }
+    let slow =
+        herald::sandbox::FaultSettings { latency_min_ms: LATENCY_MS, latency_max_ms: LATENCY_MS, ..Default::default() };
+    app.sandbox().set_faults(herald::domain::ProviderKind::Fcm, slow);
+    let mut ids = Vec::new();
+    for u in 0..SENDS {
+        let body =
+            json!({"user_id": format!("window-{u}"), "channels": ["push"], "content": {"body": format!("w{u}")}});
+        ids.push(app.send(body).await);
+    }
+    // Accepted and committed; the first send is still at the sandbox (LATENCY_MS) when Redis stops.
+    server.pause();
+    // The sandbox records a message when it answers it.
+    let fcm_requests = || app.sandbox().record().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fcm_requests() < WINDOW {
+        assert!(Instant::now() < deadline, "only {} sends reached the provider with the store stalled", fcm_requests());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One request at a time: each was answered a latency after the one before it.
+    let answered: Vec<i64> = app.sandbox().record().iter().map(|m| m.received_at.as_millisecond()).collect();
+    for pair in answered.windows(2) {
+        assert!(pair[1] - pair[0] >= LATENCY_MS as i64 / 2, "requests overlapped: answered at {answered:?}");
+    }
+    // A further send would have gone out one latency after the last answer; the window holds it back.
+    tokio::time::sleep(Duration::from_millis(2 * LATENCY_MS)).await;
+    assert_eq!(fcm_requests(), WINDOW, "sends beyond the in-flight window went out before any outcome was durable");
+
+    server.resume();
+    for id in &ids {
+        let n = app.wait_final(id).await;
+        assert_eq!(n["status"], "completed", "{n:#}");
+    }
+    assert_eq!(fcm_requests(), SENDS, "each send reached the provider once");
+    app.running.stop().await;
+}

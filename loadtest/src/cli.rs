@@ -97,7 +97,7 @@ pub struct Args {
     /// Seconds of the raw loopback HTTP measurement (0 skips it).
     #[arg(long, default_value_t = 5.0)]
     pub raw_seconds: f64,
-    /// Requests in flight during the raw measurement (Herald's FCM in-flight cap is 256).
+    /// Requests in flight during the raw measurement (Herald's FCM `max_requests` is 256).
     #[arg(long, default_value_t = 256)]
     pub raw_concurrency: usize,
     /// Steps per sequence.

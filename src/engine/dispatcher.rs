@@ -9,7 +9,10 @@
 //!   The `low` lane (campaign traffic) may hold at most three quarters of the in-flight cap: the last quarter
 //!   is kept for the other lanes, so a transactional send does not wait for a blast's sends to come back.
 //! - A job is "in flight" from hand-off until the shard has durably recorded its outcome and released it; the
-//!   in-flight cap therefore bounds the provider-side duplicates a crash can cause.
+//!   in-flight cap (`max_in_flight`) therefore bounds the provider-side duplicates a crash can cause. Of those,
+//!   at most `max_requests` wait for the provider's answer at once: a job whose answer came back frees its
+//!   request slot at once and keeps only its window slot while its outcome is committed, so the provider is
+//!   not kept waiting for the store's fsync (`docs/engine-semantics.md`, "Crash").
 //! - A rate-limit answer (`ErrorClass::RateLimited`, e.g. HTTP 429) pauses the whole provider until its
 //!   `Retry-After` has passed, counted from when the answer arrived. After a pause one probe request goes out
 //!   alone; the provider gets its full in-flight cap back only once an answer other than a rate limit arrives.
@@ -105,8 +108,11 @@ pub enum DispatcherMsg {
     RetryDue(DeliveryJob),
     /// The token bucket has tokens again.
     Wake,
-    /// The provider answered a rate limit: send nothing for this long (from now).
+    /// The provider answered a rate limit: send nothing for this long (from now). The answer's request slot
+    /// is freed with it (not through [`Answers`]), so no other send takes that slot before the pause holds.
     Pause(Duration),
+    /// Providers answered: free the request slots counted in [`Answers`].
+    Answered,
     /// A pause is over, or a probe after it got a real answer: pump again.
     Resume,
 }
@@ -133,6 +139,31 @@ impl Queued {
     /// Jobs a new job of `priority` would wait behind: those of its lane and of the more urgent ones.
     pub fn ahead_of(&self, priority: Priority) -> usize {
         self.0[..=priority.lane()].iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Answers that came back since the dispatcher last looked: each frees a request slot. Send tasks count here
+/// and send one [`DispatcherMsg::Answered`] per batch instead of a message each.
+#[derive(Debug, Default)]
+struct Answers {
+    count: AtomicUsize,
+    /// An [`DispatcherMsg::Answered`] is on its way.
+    signalled: AtomicBool,
+}
+
+impl Answers {
+    /// Counts one answer; signals the dispatcher unless a signal is already pending.
+    fn add(&self, dispatcher: &ActorRef<DispatcherMsg>) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        if !self.signalled.swap(true, Ordering::SeqCst) {
+            let _ = dispatcher.cast(DispatcherMsg::Answered);
+        }
+    }
+
+    /// Takes the count. The signal is cleared first: an answer counted after the take signals again.
+    fn take(&self) -> usize {
+        self.signalled.store(false, Ordering::SeqCst);
+        self.count.swap(0, Ordering::SeqCst)
     }
 }
 
@@ -203,8 +234,13 @@ pub struct DispatcherState {
     kind: ProviderKind,
     provider: Arc<dyn Provider>,
     limiter: DefaultDirectRateLimiter,
+    /// Jobs handed off and not yet released (their outcome not durable yet).
     max_in_flight: usize,
     in_flight: usize,
+    /// Of those, jobs whose provider request has not been answered yet.
+    max_requests: usize,
+    requests: usize,
+    answers: Arc<Answers>,
     lanes: [VecDeque<Arc<str>>; 4],
     keys: HashMap<Arc<str>, KeyQueue>,
     wake_pending: bool,
@@ -236,6 +272,9 @@ impl Actor for Dispatcher {
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             max_in_flight: args.limits.max_in_flight,
             in_flight: 0,
+            max_requests: args.limits.requests_cap(),
+            requests: 0,
+            answers: Arc::default(),
             lanes: Default::default(),
             keys: HashMap::default(),
             wake_pending: false,
@@ -269,7 +308,11 @@ impl Actor for Dispatcher {
                 state.enqueue(job, true);
             }
             DispatcherMsg::Wake => state.wake_pending = false,
-            DispatcherMsg::Pause(wait) => state.pause(wait),
+            DispatcherMsg::Pause(wait) => {
+                state.requests -= 1;
+                state.pause(wait);
+            }
+            DispatcherMsg::Answered => state.requests -= state.answers.take(),
             DispatcherMsg::Resume => state.resume_at = None,
         }
         state.pump(&myself);
@@ -360,12 +403,13 @@ impl DispatcherState {
             return;
         }
         // After a pause, one probe at a time until the provider answers something other than a rate limit.
-        let cap = if self.probing.load(Ordering::Acquire) { 1 } else { self.max_in_flight };
+        let requests_cap = if self.probing.load(Ordering::Acquire) { 1 } else { self.max_requests };
         // The `low` lane (campaigns) may fill only part of the slots: the rest stay free for transactional
         // traffic, which then never waits for a blast's sends to come back.
-        let low_cap = low_lane_cap(cap);
-        while self.in_flight < cap {
-            let lanes = if self.in_flight < low_cap { &self.lanes[..] } else { &self.lanes[..Priority::Low.lane()] };
+        let (low_window, low_requests) = (low_lane_cap(self.max_in_flight), low_lane_cap(requests_cap));
+        while self.in_flight < self.max_in_flight && self.requests < requests_cap {
+            let low = self.in_flight < low_window && self.requests < low_requests;
+            let lanes = if low { &self.lanes[..] } else { &self.lanes[..Priority::Low.lane()] };
             let Some(lane) = lanes.iter().position(|l| !l.is_empty()) else { return };
             let owner = self.lanes[lane].pop_front().expect("lane checked non-empty");
             let Some(key) = self.keys.get_mut(&owner) else { continue };
@@ -409,7 +453,9 @@ impl DispatcherState {
         }
     }
 
-    fn spawn_send(&self, myself: &ActorRef<DispatcherMsg>, mut job: DeliveryJob) {
+    /// Sends `job` in a task of its own, which frees the request slot once the provider answered and hands the
+    /// outcome to the shard (whose commit releases the window slot).
+    fn spawn_send(&mut self, myself: &ActorRef<DispatcherMsg>, mut job: DeliveryJob) {
         let kind = self.kind;
         // An expired job is failed without an attempt: nothing reaches the provider.
         if job.expires_at.is_some_and(|expires| expires <= Timestamp::now()) {
@@ -419,9 +465,11 @@ impl DispatcherState {
             shard.outcome(SendOutcome { job, result: Err(expired) });
             return;
         }
+        self.requests += 1;
         let provider = self.provider.clone();
         let telemetry = self.telemetry.clone();
         let probing = self.probing.clone();
+        let answers = self.answers.clone();
         let me = myself.clone();
         job.attempt += 1;
         tokio::spawn(async move {
@@ -431,15 +479,16 @@ impl DispatcherState {
             });
             telemetry.provider_latency(kind, job.priority(), job.accepted_at.elapsed().as_millis() as u64);
             // The pause reaches the dispatcher before the outcome reaches the shard, hence before this job's
-            // slot is released and before its retry is scheduled.
+            // slot is released and before its retry is scheduled; it frees the request slot itself.
             match &result {
                 Err(e) if e.class == ErrorClass::RateLimited => {
                     let _ = me.cast(DispatcherMsg::Pause(e.retry_after.unwrap_or(DEFAULT_PAUSE)));
                 }
                 _ if probing.load(Ordering::Relaxed) && probing.swap(false, Ordering::AcqRel) => {
                     let _ = me.cast(DispatcherMsg::Resume);
+                    answers.add(&me);
                 }
-                _ => {}
+                _ => answers.add(&me),
             }
             let shard = job.shard.clone();
             shard.outcome(SendOutcome { job, result });
