@@ -1,4 +1,5 @@
-//! One dispatcher actor per provider: priority lanes, per-recipient FIFO, a token bucket and an in-flight cap.
+//! One dispatcher actor per provider: priority lanes, per-recipient FIFO, a token bucket, an in-flight window
+//! and a request cap.
 //!
 //! Semantics (`docs/engine-semantics.md`):
 //! - Jobs are grouped by ordering key (the notification's owner). A key has at most one job in flight or
@@ -6,8 +7,9 @@
 //!   so one recipient's deliveries reach the provider in acceptance order, retries included.
 //! - Ready keys wait in four lanes, served strictly `critical > high > normal > low`. A key sits in the lane of
 //!   its most urgent queued job (priority inheritance), so a critical message is not stuck behind a low lane.
-//!   The `low` lane (campaign traffic) may hold at most three quarters of the in-flight cap: the last quarter
-//!   is kept for the other lanes, so a transactional send does not wait for a blast's sends to come back.
+//!   The `low` lane (campaign traffic) may hold at most three quarters of the window and of the request cap
+//!   (below): the last quarter of each is kept for the other lanes, so a transactional send does not wait for
+//!   a blast's sends to come back.
 //! - A job is "in flight" from hand-off until the shard has durably recorded its outcome and released it; the
 //!   in-flight cap (`max_in_flight`) therefore bounds the provider-side duplicates a crash can cause. Of those,
 //!   at most `max_requests` wait for the provider's answer at once: a job whose answer came back frees its
@@ -15,7 +17,7 @@
 //!   not kept waiting for the store's fsync (`docs/engine-semantics.md`, "Crash").
 //! - A rate-limit answer (`ErrorClass::RateLimited`, e.g. HTTP 429) pauses the whole provider until its
 //!   `Retry-After` has passed, counted from when the answer arrived. After a pause one probe request goes out
-//!   alone; the provider gets its full in-flight cap back only once an answer other than a rate limit arrives.
+//!   alone; the provider gets its full request cap back only once an answer other than a rate limit arrives.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -147,7 +149,7 @@ impl Queued {
 #[derive(Debug, Default)]
 struct Answers {
     count: AtomicUsize,
-    /// An [`DispatcherMsg::Answered`] is on its way.
+    /// A [`DispatcherMsg::Answered`] is on its way.
     signalled: AtomicBool,
 }
 

@@ -95,16 +95,17 @@ impl ShardState {
 
     pub(super) fn on_arm(&mut self, me: &ActorRef<ShardMsg>, notifications: Vec<Notification>, _read: u64) {
         for n in notifications {
+            let key = Key::new(&n.id);
             if n.status != NotificationStatus::Scheduled
-                || self.open.contains_key(&n.id)
-                || self.left_scheduled.contains_key(&Key::new(&n.id))
+                || self.open.by_key(&key).is_some()
+                || self.left_scheduled.contains_key(&key)
             {
                 continue;
             }
             let due = n.send_at.unwrap_or(Timestamp::UNIX_EPOCH);
             let adhoc_user = stored_adhoc_user(&n);
-            self.timers.insert(TimerKey::Send(Key::new(&n.id)), due);
-            self.open.insert(Key::new(&n.id), Open::new(n, Vec::new(), adhoc_user));
+            self.timers.insert(TimerKey::Send(key.clone()), due);
+            self.open.insert(key, Open::new(n, Vec::new(), adhoc_user));
         }
         self.run_due_timers(me);
     }
