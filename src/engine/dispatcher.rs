@@ -486,11 +486,12 @@ impl DispatcherState {
                 Err(e) if e.class == ErrorClass::RateLimited => {
                     let _ = me.cast(DispatcherMsg::Pause(e.retry_after.unwrap_or(DEFAULT_PAUSE)));
                 }
-                _ if probing.load(Ordering::Relaxed) && probing.swap(false, Ordering::AcqRel) => {
-                    let _ = me.cast(DispatcherMsg::Resume);
+                _ => {
+                    if probing.load(Ordering::Relaxed) && probing.swap(false, Ordering::AcqRel) {
+                        let _ = me.cast(DispatcherMsg::Resume);
+                    }
                     answers.add(&me);
                 }
-                _ => answers.add(&me),
             }
             let shard = job.shard.clone();
             shard.outcome(SendOutcome { job, result });
