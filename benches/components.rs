@@ -6,6 +6,7 @@
 //! - `idempotency` — the idempotency index holding 1,000,000 keys ([`idempotency`]).
 //! - `group_commit` — store submits with commit callbacks, embedded (redb, fsync) and Redis ([`group_commit`]).
 //! - `push_lifecycle` — a scheduled push's fire and outcome writes until applied, embedded ([`push_lifecycle`]).
+//! - `scheduled_read` — the loader's pages of due sends from the embedded store ([`scheduled_read`]).
 //!
 //! Run: `cargo bench --bench components -- --warm-up-time 1 --measurement-time 3`; figures in
 //! `docs/performance.md`.
@@ -25,6 +26,8 @@ mod push_lifecycle;
 mod rate_limit;
 #[path = "components/routing.rs"]
 mod routing;
+#[path = "components/scheduled_read.rs"]
+mod scheduled_read;
 #[path = "components/templates.rs"]
 mod templates;
 
@@ -42,6 +45,7 @@ criterion_group!(
     templates::templates,
     idempotency::idempotency,
     group_commit::group_commit,
-    push_lifecycle::push_lifecycle
+    push_lifecycle::push_lifecycle,
+    scheduled_read::scheduled_read
 );
 criterion_main!(benches);

@@ -321,13 +321,17 @@ fn locate_all<'a>(state: &State, locs: impl Iterator<Item = &'a Loc>) -> Result<
 }
 
 fn load_all<T: Stored>(located: &[Located]) -> Result<Vec<T>, StoreError> {
-    located.iter().map(load).collect()
+    Located::read_many(located)?.iter().map(record).collect()
 }
 
 /// Reads a record's frame and decodes the record.
 fn load<T: Stored>(located: &Located) -> Result<T, StoreError> {
-    let op = located.read()?;
-    let value = match &op {
+    record(&located.read()?)
+}
+
+/// The record an op holds.
+fn record<T: Stored>(op: &Op) -> Result<T, StoreError> {
+    let value = match op {
         Op::User { value, .. }
         | Op::Template { value, .. }
         | Op::Notification { value, .. }

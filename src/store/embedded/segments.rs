@@ -82,11 +82,52 @@ impl Located {
     /// Reads and checks the frame; a frame that fails its checksum or does not decode is corrupt.
     pub fn read(&self) -> Result<Op, StoreError> {
         let mut frame = vec![0; self.loc.len as usize];
-        self.file
-            .read_exact_at(&mut frame, u64::from(self.loc.at))
-            .map_err(|e| StoreError::Unavailable(format!("reading a record segment: {e}")))?;
+        self.file.read_exact_at(&mut frame, u64::from(self.loc.at)).map_err(read_error)?;
         decode_op(&frame)
     }
+
+    /// Reads the frames of `located`, returned in the same order. Frames that lie close together in one segment
+    /// are read with one `pread`, gaps included: the loader's page of due sends was mostly written one after
+    /// another, and a call per frame was a third of the loader's cost during a spike.
+    pub fn read_many(located: &[Located]) -> Result<Vec<Op>, StoreError> {
+        let mut order: Vec<usize> = (0..located.len()).collect();
+        order.sort_unstable_by_key(|&i| (located[i].loc.seg, located[i].loc.at));
+        let mut ops: Vec<Option<Op>> = located.iter().map(|_| None).collect();
+        let mut span = Vec::new();
+        let mut i = 0;
+        while i < order.len() {
+            let Loc { seg, at, len } = located[order[i]].loc;
+            let start = u64::from(at);
+            let mut end = start + u64::from(len);
+            let mut j = i + 1;
+            while let Some(next) = order.get(j).map(|&k| located[k].loc) {
+                let next_end = u64::from(next.at) + u64::from(next.len);
+                if next.seg != seg || u64::from(next.at) > end + COALESCE_GAP || next_end - start > COALESCE_MAX {
+                    break;
+                }
+                end = end.max(next_end);
+                j += 1;
+            }
+            span.resize((end - start) as usize, 0);
+            located[order[i]].file.read_exact_at(&mut span, start).map_err(read_error)?;
+            for &k in &order[i..j] {
+                let Loc { at, len, .. } = located[k].loc;
+                let from = (u64::from(at) - start) as usize;
+                ops[k] = Some(decode_op(&span[from..from + len as usize])?);
+            }
+            i = j;
+        }
+        Ok(ops.into_iter().map(|op| op.expect("every frame was read")).collect())
+    }
+}
+
+/// Frames at most this far apart are read together with the bytes between them (a page of the page cache).
+const COALESCE_GAP: u64 = 4096;
+/// One read covers at most this many bytes.
+const COALESCE_MAX: u64 = 1 << 20;
+
+fn read_error(e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("reading a record segment: {e}"))
 }
 
 impl Segments {
@@ -437,4 +478,40 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 fn io_error(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("record segments {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(i: usize, bytes: usize) -> Op {
+        Op::Template { id: format!("t{i}"), value: vec![i as u8; bytes] }
+    }
+
+    #[test]
+    fn frames_read_together_come_back_in_the_order_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut segments, _) = Segments::open(dir.path(), &mut Index::default()).unwrap();
+        const FAR: usize = 2 * COALESCE_GAP as usize;
+        segments.set_max_bytes(FAR as u64);
+        // Small frames one after another, one far from its neighbours (past a frame larger than the gap), and
+        // frames in a second segment.
+        let mut locs = Vec::new();
+        for i in 0..12 {
+            let size = if i == 5 { FAR } else { 40 + i };
+            locs.push(segments.append(&template(i, size)));
+            if i == 8 {
+                segments.flush().unwrap();
+                assert!(segments.roll_if_full().unwrap(), "the large frame fills the first segment");
+            }
+        }
+        segments.flush().unwrap();
+        assert!(locs.iter().any(|l| l.seg != locs[0].seg), "frames in two segments");
+
+        let asked: Vec<usize> = vec![11, 3, 0, 9, 5, 3, 1, 10, 7, 2, 6, 4, 8];
+        let located: Vec<Located> = asked.iter().map(|&i| segments.locate(locs[i]).unwrap()).collect();
+        let read = Located::read_many(&located).unwrap();
+        let expected: Vec<Op> = asked.iter().map(|&i| template(i, if i == 5 { FAR } else { 40 + i })).collect();
+        assert_eq!(read, expected);
+    }
 }
