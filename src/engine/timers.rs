@@ -15,8 +15,8 @@ use jiff::{SignedDuration, Timestamp};
 use crate::hash::HashMap;
 use crate::key::Key;
 
-/// What a timer is for, by the id's [`Key`]: a spike's due sends are each copied into both maps below and then
-/// into the shard's held queue, so a copy is 16 bytes, not an allocation.
+/// What a timer is for, by the id's [`Key`]: a spike's due sends are each copied into the timers and then into
+/// the shard's held queue, so a copy is 16 bytes, not an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TimerKey {
     /// A scheduled notification is due.
@@ -44,11 +44,16 @@ impl Clock {
     }
 }
 
-/// Timers by due time. A key is in the set at most once.
+/// Timers by due time.
+///
+/// A step deadline is in the set at most once: setting it again moves it. A scheduled send's timer is set at
+/// its notification's `send_at`, which the shard already keeps, so its due time is not kept a second time here
+/// (a map entry per loaded send, and a cold lookup per fired one at a spike): the shard removes it with that due
+/// time ([`Timers::remove_send`]) before setting another, and checks a popped send against its notification.
 #[derive(Debug, Default)]
 pub struct Timers {
     by_due: BTreeMap<(Timestamp, TimerKey), ()>,
-    due_of: HashMap<TimerKey, Timestamp>,
+    step_due: HashMap<Key, Timestamp>,
     /// The earliest due time a wake-up is already scheduled for.
     armed: Option<Timestamp>,
     /// Scheduled-send timers of every shard (shared), which the loader keeps under `scheduling.max_loaded`.
@@ -61,27 +66,31 @@ impl Timers {
         Timers { sends, ..Timers::default() }
     }
 
-    /// Sets (or moves) `key`'s timer.
-    pub fn insert(&mut self, key: TimerKey, due: Timestamp) {
-        let send = matches!(key, TimerKey::Send(_));
-        match self.due_of.insert(key.clone(), due) {
-            Some(old) => drop(self.by_due.remove(&(old, key.clone()))),
-            None if send => drop(self.sends.fetch_add(1, Ordering::Relaxed)),
-            None => {}
-        }
-        self.by_due.insert((due, key), ());
-    }
-
-    pub fn remove(&mut self, key: &TimerKey) {
-        if let Some(old) = self.due_of.remove(key) {
-            self.by_due.remove(&(old, key.clone()));
-            self.count_gone(key);
+    /// Sets scheduled send `key`'s timer at `due`.
+    pub fn insert_send(&mut self, key: Key, due: Timestamp) {
+        if self.by_due.insert((due, TimerKey::Send(key)), ()).is_none() {
+            self.sends.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn count_gone(&self, key: &TimerKey) {
-        if matches!(key, TimerKey::Send(_)) {
+    /// Removes scheduled send `key`'s timer set at `due`, if it is there.
+    pub fn remove_send(&mut self, key: Key, due: Timestamp) {
+        if self.by_due.remove(&(due, TimerKey::Send(key))).is_some() {
             self.sends.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets (or moves) sequence `key`'s step deadline.
+    pub fn insert_step(&mut self, key: Key, due: Timestamp) {
+        if let Some(old) = self.step_due.insert(key.clone(), due) {
+            self.by_due.remove(&(old, TimerKey::Step(key.clone())));
+        }
+        self.by_due.insert((due, TimerKey::Step(key)), ());
+    }
+
+    pub fn remove_step(&mut self, key: &Key) {
+        if let Some(old) = self.step_due.remove(key) {
+            self.by_due.remove(&(old, TimerKey::Step(key.clone())));
         }
     }
 
@@ -93,8 +102,10 @@ impl Timers {
                 break;
             }
             let (at, key) = entry.remove_entry().0;
-            self.due_of.remove(&key);
-            self.count_gone(&key);
+            match &key {
+                TimerKey::Send(_) => drop(self.sends.fetch_sub(1, Ordering::Relaxed)),
+                TimerKey::Step(id) => drop(self.step_due.remove(id)),
+            }
             due.push((at, key));
         }
         due
@@ -133,27 +144,38 @@ mod tests {
     #[test]
     fn timers_pop_in_due_order_and_only_when_due() {
         let mut t = Timers::default();
-        t.insert(TimerKey::Send(Key::new("b")), at(20));
-        t.insert(TimerKey::Send(Key::new("a")), at(10));
-        t.insert(TimerKey::Step(Key::new("s")), at(10));
+        t.insert_send(Key::new("b"), at(20));
+        t.insert_send(Key::new("a"), at(10));
+        t.insert_step(Key::new("s"), at(10));
         assert!(t.pop_due(at(9)).is_empty());
         let due: Vec<_> = t.pop_due(at(10)).into_iter().map(|(_, k)| k).collect();
         assert_eq!(due, [TimerKey::Send(Key::new("a")), TimerKey::Step(Key::new("s"))]);
         assert_eq!(t.pop_due(at(100)).len(), 1);
-        assert!(t.due_of.is_empty() && t.by_due.is_empty());
+        assert!(t.step_due.is_empty() && t.by_due.is_empty());
     }
 
     #[test]
-    fn moving_or_removing_a_timer_leaves_no_stale_entry() {
+    fn moving_or_removing_a_step_deadline_leaves_no_stale_entry() {
         let mut t = Timers::default();
-        let key = TimerKey::Send(Key::new("n"));
-        t.insert(key.clone(), at(10));
-        t.insert(key.clone(), at(30));
-        assert!(t.pop_due(at(20)).is_empty(), "the old due time is gone");
+        let key = Key::new("s");
+        t.insert_step(key.clone(), at(10));
+        t.insert_step(key.clone(), at(30));
+        assert!(t.pop_due(at(20)).is_empty(), "the old deadline is gone");
         assert_eq!(t.pop_due(at(30)).len(), 1);
-        t.insert(key.clone(), at(40));
-        t.remove(&key);
-        assert!(!t.due_of.contains_key(&key));
+        t.insert_step(key.clone(), at(40));
+        t.remove_step(&key);
+        assert!(!t.step_due.contains_key(&key));
+        assert!(t.pop_due(at(50)).is_empty());
+    }
+
+    #[test]
+    fn a_send_is_removed_at_the_due_time_it_was_set() {
+        let mut t = Timers::default();
+        t.insert_send(Key::new("n"), at(10));
+        t.remove_send(Key::new("n"), at(11));
+        t.remove_send(Key::new("m"), at(10));
+        assert_eq!(t.by_due.len(), 1, "another due time or another send is not this timer");
+        t.remove_send(Key::new("n"), at(10));
         assert!(t.pop_due(at(50)).is_empty());
     }
 
@@ -161,26 +183,27 @@ mod tests {
     fn scheduled_sends_are_counted_while_they_wait() {
         let sends = Arc::new(AtomicI64::new(0));
         let mut t = Timers::counting(sends.clone());
-        t.insert(TimerKey::Send(Key::new("a")), at(10));
-        t.insert(TimerKey::Send(Key::new("a")), at(20));
-        t.insert(TimerKey::Send(Key::new("b")), at(30));
-        t.insert(TimerKey::Step(Key::new("s")), at(10));
-        assert_eq!(sends.load(Ordering::Relaxed), 2, "moved timers and step deadlines are not counted again");
-        t.remove(&TimerKey::Send(Key::new("b")));
-        t.remove(&TimerKey::Send(Key::new("b")));
-        assert_eq!(sends.load(Ordering::Relaxed), 1);
+        t.insert_send(Key::new("a"), at(10));
+        t.insert_send(Key::new("a"), at(10));
+        t.insert_send(Key::new("b"), at(30));
+        t.insert_send(Key::new("c"), at(40));
+        t.insert_step(Key::new("s"), at(10));
+        assert_eq!(sends.load(Ordering::Relaxed), 3, "a timer set twice and step deadlines are not counted again");
+        t.remove_send(Key::new("b"), at(30));
+        t.remove_send(Key::new("b"), at(30));
+        assert_eq!(sends.load(Ordering::Relaxed), 2);
         assert_eq!(t.pop_due(at(25)).len(), 2);
-        assert_eq!(sends.load(Ordering::Relaxed), 0);
+        assert_eq!(sends.load(Ordering::Relaxed), 1);
     }
 
     #[test]
     fn arming_happens_once_per_earliest_deadline() {
         let mut t = Timers::default();
         assert_eq!(t.arm(), None);
-        t.insert(TimerKey::Send(Key::new("a")), at(10));
+        t.insert_send(Key::new("a"), at(10));
         assert_eq!(t.arm(), Some(at(10)));
         assert_eq!(t.arm(), None, "already armed for it");
-        t.insert(TimerKey::Send(Key::new("b")), at(5));
+        t.insert_send(Key::new("b"), at(5));
         assert_eq!(t.arm(), Some(at(5)), "an earlier timer re-arms");
         t.fired();
         assert_eq!(t.arm(), Some(at(5)));

@@ -28,7 +28,7 @@ use super::plan;
 use super::reconcile::Forgotten;
 use super::report_wait::ReportWaits;
 use super::request::{AcceptReply, NewNotification, NewSequence, NotificationPatch, UserUpdate};
-use super::timers::{TimerKey, Timers};
+use super::timers::Timers;
 use super::{EngineCtx, EngineError};
 
 mod delivery;
@@ -442,8 +442,9 @@ impl ShardState {
     fn forget(&mut self, id: &str) {
         let key = Key::new(id);
         self.left_scheduled.remove(&key);
-        self.timers.remove(&TimerKey::Send(key));
-        self.open.remove(id);
+        if let Some(open) = self.open.remove(id) {
+            self.timers.remove_send(key, scheduled::timer_due(&open.notification));
+        }
     }
 }
 

@@ -78,9 +78,9 @@ impl ShardState {
         if open.notification.status != NotificationStatus::Scheduled {
             return;
         }
-        let due = open.notification.send_at.unwrap_or(Timestamp::UNIX_EPOCH);
+        let due = timer_due(&open.notification);
         if due <= self.sched_until {
-            self.timers.insert(TimerKey::Send(Key::new(id)), due);
+            self.timers.insert_send(Key::new(id), due);
             self.arm_timers(me);
         } else {
             self.open.remove(id);
@@ -102,9 +102,9 @@ impl ShardState {
             {
                 continue;
             }
-            let due = n.send_at.unwrap_or(Timestamp::UNIX_EPOCH);
+            let due = timer_due(&n);
             let adhoc_user = stored_adhoc_user(&n);
-            self.timers.insert(TimerKey::Send(key.clone()), due);
+            self.timers.insert_send(key.clone(), due);
             self.open.insert(key, Open::new(n, Vec::new(), adhoc_user));
         }
         self.run_due_timers(me);
@@ -136,16 +136,17 @@ impl ShardState {
             self.ctx.reserve_all(&jobs[before.0..]);
             self.ctx.reserve_all(&unsaved[before.1..]);
         }
-        for (_, key) in due {
+        for (at, key) in due {
             let before = (jobs.len(), unsaved.len());
             match key {
                 TimerKey::Send(key) => {
-                    match self
-                        .open
-                        .by_key(&key)
-                        .filter(|o| o.notification.status == NotificationStatus::Scheduled)
-                        .and_then(|o| self.hold_for(&o.notification))
-                    {
+                    // A timer that no longer matches its notification's due time (or state) is left be.
+                    let Some(o) = self.open.by_key(&key).filter(|o| {
+                        o.notification.status == NotificationStatus::Scheduled && timer_due(&o.notification) == at
+                    }) else {
+                        continue;
+                    };
+                    match self.hold_for(&o.notification) {
                         Some((kind, route)) => self.hold(kind, key, route),
                         None => self.fire(me, &key, now, &mut writes, &mut jobs, &mut left, &mut unsaved),
                     }
@@ -228,7 +229,7 @@ impl ShardState {
             n.reason = Some("quiet_hours".into());
             writes.push(Write::PutNotification(open.notification.clone()));
             if end <= self.sched_until {
-                self.timers.insert(TimerKey::Send(key.clone()), end);
+                self.timers.insert_send(key.clone(), end);
             } else {
                 self.open.remove_key(key);
             }
@@ -274,7 +275,7 @@ impl ShardState {
             Some(open) => Arc::unwrap_or_clone(open.notification),
             None => notification,
         };
-        self.timers.remove(&TimerKey::Send(key.clone()));
+        self.timers.remove_send(key.clone(), timer_due(&notification));
         let now = self.ctx.clock.now();
         notification.status = NotificationStatus::Cancelled;
         notification.updated_at = now;
@@ -343,7 +344,9 @@ impl ShardState {
             }
         }
         n.updated_at = now;
-        self.timers.remove(&TimerKey::Send(Key::new(&id)));
+        if let Some(open) = self.open.get(&id) {
+            self.timers.remove_send(Key::new(&id), timer_due(&open.notification));
+        }
         let record = Arc::new(n.clone());
         match self.open.get_mut(&id) {
             Some(open) => open.notification = record.clone(),
@@ -384,6 +387,11 @@ fn quiet_end(priority: Priority, user: &User, at: Timestamp) -> Option<Timestamp
     }
     let quiet = user.preferences.quiet_hours.as_ref()?;
     quiet_hours_end(quiet, user.timezone.as_deref(), at).map(ceil_ms)
+}
+
+/// When a scheduled notification's timer is set: its `send_at`.
+pub(super) fn timer_due(n: &Notification) -> Timestamp {
+    n.send_at.unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 /// `t` rounded up to the millisecond: the index orders by milliseconds, and rounding up never fires early.

@@ -20,7 +20,6 @@ use crate::store::Write;
 use super::super::EngineError;
 use super::super::dispatcher::DeliveryJob;
 use super::super::request::NewSequence;
-use super::super::timers::TimerKey;
 use super::delivery::cancel_unhanded;
 use super::{Open, Reply, ShardMsg, ShardState};
 
@@ -138,7 +137,7 @@ impl ShardState {
         step.status = StepStatus::Running;
         step.notification_id = Some(notification.id.clone());
         step.started_at = Some(now);
-        self.timers.insert(TimerKey::Step(Key::new(sequence_id)), deadline);
+        self.timers.insert_step(Key::new(sequence_id), deadline);
         self.arm_timers(me);
         let key = Key::new(&notification.id);
         self.open.insert(key.clone(), Open::new(notification, Vec::new(), None));
@@ -202,7 +201,7 @@ impl ShardState {
         writes: &mut Vec<Write>,
     ) -> Vec<DeliveryJob> {
         let now = self.ctx.clock.now();
-        self.timers.remove(&TimerKey::Step(Key::new(sequence_id)));
+        self.timers.remove_step(&Key::new(sequence_id));
         let Some(sequence) = self.sequences.get_mut(sequence_id) else { return Vec::new() };
         let step = &mut sequence.steps[sequence.current];
         step.status = outcome;
@@ -235,7 +234,7 @@ impl ShardState {
             return drop(reply.send(Err(EngineError::Conflict("sequence is already final".into()))));
         };
         let now = self.ctx.clock.now();
-        self.timers.remove(&TimerKey::Step(Key::new(id)));
+        self.timers.remove_step(&Key::new(id));
         let mut writes = Vec::new();
         let mut jobs = Vec::new();
         if let Some(step) = sequence.steps.get_mut(sequence.current) {
@@ -266,7 +265,7 @@ impl ShardState {
         for sequence in sequences {
             if let Some(started) = sequence.steps.get(sequence.current).and_then(|s| s.started_at) {
                 let deadline = started.checked_add(Duration::from_millis(sequence.step_timeout_ms)).unwrap_or(started);
-                self.timers.insert(TimerKey::Step(Key::new(&sequence.id)), deadline);
+                self.timers.insert_step(Key::new(&sequence.id), deadline);
             }
             self.sequences.insert(sequence.id.clone(), sequence);
         }

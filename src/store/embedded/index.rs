@@ -27,17 +27,29 @@ pub struct Loc {
 /// A location that holds no record: the entry of a notification whose deliveries were indexed before it.
 const NOWHERE: Loc = Loc { seg: 0, at: 0, len: 0 };
 
-/// A notification's entry: its record, its seq while it is open (neither final nor scheduled), and its
-/// deliveries' ids. Kept together because a queued notification's index cost counts against issue #6's memory
-/// bound: separate ordered indexes of open notifications and of deliveries by notification cost ~150 bytes
-/// more per notification.
+/// A notification's entry: its record, where it stands (open with its seq, scheduled with its due time, or
+/// neither), and its deliveries' ids. Kept together because a queued notification's index cost counts against
+/// issue #6's memory bound: separate ordered indexes of open notifications and of deliveries by notification
+/// cost ~150 bytes more per notification. The due time kept here is what finds a scheduled entry in
+/// [`Index::scheduled`] when it fires or moves: a map of its own cost a cold lookup per fired send and ~40 bytes
+/// per scheduled notification.
 #[derive(Debug)]
 pub struct NotificationEntry {
     /// [`NOWHERE`] until the notification itself is put.
     loc: Loc,
-    open: bool,
-    pub seq: u64,
+    standing: Standing,
+    /// The seq while [`Standing::Open`], the due ms while [`Standing::Scheduled`].
+    at: i64,
     pub deliveries: DeliveryIds,
+}
+
+/// Which of the notification secondary indexes an entry is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    Open,
+    Scheduled,
+    /// Final, or only known from its deliveries so far.
+    Neither,
 }
 
 impl NotificationEntry {
@@ -47,7 +59,12 @@ impl NotificationEntry {
     }
 
     pub fn is_open(&self) -> bool {
-        self.open && self.loc != NOWHERE
+        self.standing == Standing::Open && self.loc != NOWHERE
+    }
+
+    /// The due ms of a scheduled notification.
+    fn due_ms(&self) -> Option<i64> {
+        (self.standing == Standing::Scheduled).then_some(self.at)
     }
 }
 
@@ -107,9 +124,8 @@ pub struct Index {
     pub templates: BTreeMap<Box<str>, Loc>,
     /// Notifications, with their deliveries and whether they are open.
     pub notifications: HashMap<Key, NotificationEntry>,
-    /// Scheduled notifications by (due ms, id), and each one's due ms to find its entry when it moves.
+    /// Scheduled notifications by (due ms, id); each one's entry in `notifications` has its due ms.
     pub scheduled: BTreeSet<(i64, Key)>,
-    scheduled_due: HashMap<Key, i64>,
     pub max_seq: u64,
     pub deliveries: HashMap<Key, Loc>,
     /// Dead delivery id → its channel, and (channel, id) for one channel's DLQ.
@@ -148,9 +164,14 @@ impl Index {
                 if old != NOWHERE {
                     dead.push(old);
                 }
-                (entry.open, entry.seq) = (*open, *seq);
+                let was_due = entry.due_ms();
+                (entry.standing, entry.at) = match scheduled {
+                    Some(due_ms) => (Standing::Scheduled, *due_ms),
+                    None if *open => (Standing::Open, *seq as i64),
+                    None => (Standing::Neither, 0),
+                };
                 self.max_seq = self.max_seq.max(*seq);
-                self.schedule(key, *scheduled);
+                self.reschedule(key, was_due, *scheduled);
             }
             Op::Delivery { id, notification_id, channel, dead: is_dead, .. } => {
                 let key = Key::new(id);
@@ -245,7 +266,7 @@ impl Index {
     /// Open notifications' ids in seq order (a scan of every notification: only a start asks).
     pub fn open_by_seq(&self) -> Vec<(u64, &Key)> {
         let mut open: Vec<(u64, &Key)> =
-            self.notifications.iter().filter(|(_, e)| e.is_open()).map(|(id, e)| (e.seq, id)).collect();
+            self.notifications.iter().filter(|(_, e)| e.is_open()).map(|(id, e)| (e.at as u64, id)).collect();
         open.sort_unstable();
         open
     }
@@ -253,8 +274,8 @@ impl Index {
     fn notification_entry(&mut self, id: Key) -> &mut NotificationEntry {
         self.notifications.entry(id).or_insert_with(|| NotificationEntry {
             loc: NOWHERE,
-            open: false,
-            seq: 0,
+            standing: Standing::Neither,
+            at: 0,
             deliveries: DeliveryIds::None,
         })
     }
@@ -315,16 +336,13 @@ impl Index {
         }
     }
 
-    /// Keeps the notification's scheduled entry at `due_ms`, or removes it when it is not scheduled (any more).
-    fn schedule(&mut self, id: Key, due_ms: Option<i64>) {
-        let old = match due_ms {
-            Some(due_ms) => self.scheduled_due.insert(id.clone(), due_ms),
-            None => self.scheduled_due.remove(&id),
-        };
-        if let Some(old) = old
-            && Some(old) != due_ms
-        {
-            self.scheduled.remove(&(old, id.clone()));
+    /// Moves the notification's scheduled entry from `was` to `due_ms` (either may be none).
+    fn reschedule(&mut self, id: Key, was: Option<i64>, due_ms: Option<i64>) {
+        if was == due_ms {
+            return;
+        }
+        if let Some(was) = was {
+            self.scheduled.remove(&(was, id.clone()));
         }
         if let Some(due_ms) = due_ms {
             self.scheduled.insert((due_ms, id));

@@ -161,7 +161,9 @@ fn a_scheduled_notification_has_one_index_entry_that_follows_its_send_at_and_sta
     commit_at(&mut state, vec![scheduled(2_000)], now);
     assert_eq!((due(&state), state.index.open_by_seq().len()), (vec![2_000], 0));
     commit_at(&mut state, vec![Write::PutNotification(notification("n1", 3, NotificationStatus::Dispatching))], now);
-    assert_eq!((due(&state), state.index.open_by_seq().len()), (vec![], 1));
+    assert_eq!((due(&state), state.index.open_by_seq()), (vec![], vec![(3, &Key::new("n1"))]));
+    commit_at(&mut state, vec![scheduled(3_000)], now);
+    assert_eq!((due(&state), state.index.open_by_seq().len()), (vec![3_000], 0), "scheduled again, not open");
 }
 
 #[test]
