@@ -442,7 +442,7 @@ impl ShardState {
     fn forget(&mut self, id: &str) {
         let key = Key::new(id);
         self.left_scheduled.remove(&key);
-        if let Some(open) = self.open.remove(id) {
+        if let Some(open) = self.open.remove_key(&key) {
             self.timers.remove_send(key, scheduled::timer_due(&open.notification));
         }
     }
